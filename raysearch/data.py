@@ -209,3 +209,10 @@ class ArrayLoader:
 
 def subset(arrays: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
     return {k: v[index] for k, v in arrays.items()}
+
+
+def feature_stats(particles: np.ndarray, n_particles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation over real particles (for standardisation)."""
+    mask = np.arange(particles.shape[1])[None] < np.asarray(n_particles)[:, None]
+    real = particles[mask].astype(np.float64)
+    return real.mean(0).astype(np.float32), real.std(0).astype(np.float32)
