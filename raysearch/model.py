@@ -287,6 +287,12 @@ class JetModel(nn.Module):
         if "fm" in heads:
             self.heads["fm"] = FlowMatchingHead(cfg, cfg.num_classes)
 
+    def forward(self, batch, mix, objectives, class_weights=None, generator=None):
+        """The mixed pre-training loss of a batch (a `LossOutput`); DDP wraps this call."""
+        from raysearch.objectives.mix import mix_loss
+
+        return mix_loss(self, batch, mix, objectives, class_weights, generator)
+
     def classify(self, particles: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Class logits from standardised-on-the-fly raw features."""
         x = self.backbone.standardize(particles, mask)
