@@ -232,6 +232,7 @@ def _train_and_store(cfg: PretrainConfig, split: Split, store: PretrainStore, ke
     record = {
         "mix": cfg.mix.as_dict(), "mix_name": cfg.mix.name, "config": to_dict(cfg),
         "dataset": cfg.dataset, "data_fingerprint": split.fingerprint, "metrics": summary["metrics"],
+        "history": summary["history"],
         "compute": {"steps": summary["step"], "epochs": summary["epoch"],
                     "forward_passes": summary["forward_passes"], "train_wall_s": summary["wall_s"],
                     "total_wall_s": time.time() - t0, "jets_seen": summary["step"] * cfg.batch_size * cfg.num_workers,

@@ -133,6 +133,7 @@ def run_loop(config: dict[str, Any], env) -> dict[str, Any]:
     step = epoch = passes = 0
     wall = 0.0
     resumed_from = 0
+    history: list[dict[str, float]] = []
     ckpt = env.latest_checkpoint()
     if ckpt is not None:
         saved = load_model(ckpt / "raw_model")
@@ -144,6 +145,7 @@ def run_loop(config: dict[str, Any], env) -> dict[str, Any]:
             ema.load_state_dict(state["ema"])
         step, epoch, passes, wall = state["step"], state["epoch"], state["forward_passes"], state["wall_s"]
         resumed_from = step
+        history = list(state.get("history", []))
         torch.set_rng_state(state["torch_rng"])
         gen.set_state(state["generators"][env.rank] if env.rank < len(state["generators"]) else state["generators"][0])
     ddp = env.wrap(model)
@@ -215,6 +217,7 @@ def run_loop(config: dict[str, Any], env) -> dict[str, Any]:
         eval_model = ema.module if ema is not None else model
         if val is not None:
             metrics.update(val.evaluate(eval_model, mix, cfg, device))
+        history.append({k: float(v) for k, v in metrics.items()})
         if writer is not None:
             for k, v in metrics.items():
                 if k not in ("epoch", "step", "total_steps"):
@@ -228,7 +231,7 @@ def run_loop(config: dict[str, Any], env) -> dict[str, Any]:
             save_model(model, ckpt_dir / "raw_model")
             torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "ema": ema.state_dict() if ema is not None else None, "step": step, "epoch": epoch,
-                        "forward_passes": passes, "wall_s": wall, "torch_rng": torch.get_rng_state(),
+                        "forward_passes": passes, "wall_s": wall, "torch_rng": torch.get_rng_state(), "history": history,
                         "generators": [gen.get_state()]}, ckpt_dir / STATE_FILE)
         env.report({k: float(v) for k, v in metrics.items()}, ckpt_dir)
     if writer is not None:
@@ -238,7 +241,7 @@ def run_loop(config: dict[str, Any], env) -> dict[str, Any]:
             writer.add_hparams(hparams, final or {"hparam/loss": metrics.get("loss", float("nan"))}, run_name=".")
         writer.close()
     return {"status": status, "message": message, "metrics": metrics, "step": step, "epoch": epoch,
-            "resumed_from_step": resumed_from, "max_param_diff_across_ranks": _rank_divergence(model, env),
+            "resumed_from_step": resumed_from, "history": history, "max_param_diff_across_ranks": _rank_divergence(model, env),
             "forward_passes": passes, "wall_s": wall, "world_size": env.world_size,
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
 
