@@ -17,14 +17,22 @@ SOLVERS = ("euler", "midpoint")
 
 
 def fm_loss(model, batch: JetBatch, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flow-matching loss of a batch in the model's input features."""
+    return flow_matching_loss(model, batch.particles[..., model.fm_index()], batch.mask, batch.label, generator)
+
+
+def flow_matching_loss(model, x_raw: torch.Tensor, mask: torch.Tensor, label: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flow-matching loss of particles already given in the head's features (B, N, F_fm)."""
     head = model.heads["fm"]
-    mask = batch.mask.unsqueeze(-1)
-    x = (batch.particles[..., model.fm_index()] - head.feat_mean) / head.feat_std * mask
+    m = mask.unsqueeze(-1)
+    x = (x_raw - head.feat_mean) / head.feat_std * m
     t = torch.rand(x.shape[0], generator=generator, device=x.device)
-    eps = torch.randn(x.shape, generator=generator, device=x.device) * mask
+    eps = torch.randn(x.shape, generator=generator, device=x.device) * m
     tt = t.view(-1, 1, 1)
     x_t = (1 - tt) * x + tt * eps
-    v = head.velocity(model.backbone, x_t, t, batch.mask, batch.label)
+    v = head.velocity(model.backbone, x_t, t, mask, label)
+    mask = m
     return ((v - (eps - x)) ** 2 * mask).sum() / (mask.sum() * x.shape[-1]).clamp(min=1)
 
 

@@ -1,0 +1,1 @@
+"""Downstream metrics: classification (ROC-based) and generation (JetNet definitions)."""
