@@ -13,8 +13,15 @@ def rejection_at(labels: np.ndarray, scores: np.ndarray, signal_eff: float) -> t
     rejection is only bounded from below by the number of background jets: that bound is returned
     with lower_bound=True.
     """
-    fpr, tpr, _ = roc_curve(labels, scores)
-    eps_b = float(np.interp(signal_eff, tpr, fpr))
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)  # exact points to interpolate
+    # First ROC point reaching the efficiency, interpolated linearly from the point before it
+    # (a flat stretch of the ROC at exactly that efficiency takes its lowest background rate).
+    i = int(np.searchsorted(tpr, signal_eff, side="left"))
+    if i == 0 or tpr[i] == signal_eff:
+        eps_b = float(fpr[i])
+    else:
+        w = (signal_eff - tpr[i - 1]) / (tpr[i] - tpr[i - 1])
+        eps_b = float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1]))
     n_bkg = int(np.sum(labels == 0))
     if eps_b * n_bkg < 1.0:  # fewer than one background jet passes: only a bound is measurable
         return float(n_bkg), True

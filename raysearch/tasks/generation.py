@@ -103,7 +103,7 @@ class Generation:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
-                total += float(loss) * len(j)
+                total += loss.item() * len(j)
                 n += len(j)
             if not np.isfinite(total):
                 raise FloatingPointError(f"generation: training loss is {total} at epoch {epoch + 1}")

@@ -80,7 +80,7 @@ class TopTagging:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
-                total += float(loss) * len(b)
+                total += loss.item() * len(b)
                 n += len(b)
             if not np.isfinite(total):
                 raise FloatingPointError(f"top_tagging: training loss is {total} at epoch {epoch + 1}")
