@@ -39,6 +39,9 @@ def tune_trainable(config: dict[str, Any]) -> None:
     """Ray Tune function trial: one (checkpoint or scratch) x task x budget x seed."""
     import ray.tune
 
+    from raysearch.ray_env import silence_noisy_loggers
+
+    silence_noisy_loggers()
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     cfg = from_dict(FinetuneConfig, config["finetune"])
     resume = None
@@ -55,7 +58,8 @@ def tune_trainable(config: dict[str, Any]) -> None:
             torch.save(state, Path(d) / TRIAL_STATE)
             ray.tune.report(clean, checkpoint=ray.tune.Checkpoint.from_directory(d))
 
-    run_finetune(config["task"], int(config["budget"]), int(config["seed"]), config.get("checkpoint"),
+    trial = config.get("trial", config)  # the sweep nests the trial spec under "trial"
+    run_finetune(trial["task"], int(trial["budget"]), int(trial["seed"]), trial.get("checkpoint"),
                  cfg, config["data_root"], report, resume)
 
 

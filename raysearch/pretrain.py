@@ -174,6 +174,13 @@ def _root_cause(err: BaseException) -> str:
     return text[-1] if text else seen.__class__.__name__
 
 
+def stored_entry(cfg: PretrainConfig, store_dir: str | Path) -> StoreEntry | None:
+    """The store entry for `cfg` if it was trained before, else None (never trains)."""
+    split = open_split(cfg.data_root, cfg.dataset, "train")
+    cfg = resolve(cfg, split)
+    return PretrainStore(store_dir).get(store_key(cfg.mix.as_dict(), cfg.key_fields(), split.fingerprint))
+
+
 def pretrain(cfg: PretrainConfig, store_dir: str | Path, runs_dir: str | Path, verbose: bool = True) -> StoreEntry:
     """Return the store entry for `cfg`, training it on Ray Train first if it is not stored yet."""
     split = open_split(cfg.data_root, cfg.dataset, "train")

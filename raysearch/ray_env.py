@@ -14,7 +14,19 @@ _QUIET_ENV = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    # Tune's new console output prints a configuration box and hints even at verbose=0; the sweep
+    # shows its own compact progress line instead.
+    "RAY_AIR_NEW_OUTPUT": "0",
 }
+
+# Per-checkpoint and snapshot chatter that would drown the progress line.
+NOISY_LOGGERS = ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage",
+                 "ray.tune.execution.experiment_state", "ray.tune.tune", "ray.tune.impl.tuner_internal")
+
+
+def silence_noisy_loggers() -> None:
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def quiet_env() -> None:
@@ -27,16 +39,23 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, **kwargs
     quiet_env()
     import ray
 
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, logging_level=logging.WARNING, log_to_driver=True,
-                 include_dashboard=kwargs.pop("include_dashboard", None), **kwargs)
+    if not ray.is_initialized():
+        _init(address, num_cpus, **kwargs)
+    # Also inside Tune trials (Ray already up): the DataContext is per process.
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    silence_noisy_loggers()
+
+
+def _init(address: str | None, num_cpus: int | None, **kwargs) -> None:
+    import ray
+
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, logging_level=logging.WARNING, log_to_driver=True,
+                 include_dashboard=kwargs.pop("include_dashboard", None), **kwargs)
