@@ -27,7 +27,8 @@ from raysearch.store import PretrainStore, StoreEntry, store_key
 
 PRECISIONS = ("auto", "fp32", "bf16")
 # Fields that do not change what is learned: left out of the store key.
-_NOT_IN_KEY = ("data_root", "max_failures", "log_every_steps", "probe_jets", "threads_per_worker")
+_NOT_IN_KEY = ("data_root", "max_failures", "log_every_steps", "probe_jets", "threads_per_worker",
+               "cpus_per_worker")
 
 
 class NonFiniteLossError(UserError):

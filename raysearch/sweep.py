@@ -28,6 +28,8 @@ from raysearch.sweep_config import SweepConfig, load_sweep
 from raysearch.tasks import get_task
 
 STATE_FILE = "state.json"
+# CPU held by a pre-training trial itself; its TorchTrainer's workers hold the real resources.
+TRIAL_CPU = 0.01
 
 
 # --- planning --------------------------------------------------------------------------------------
@@ -36,11 +38,14 @@ def pretrain_config(cfg: SweepConfig, mix: Mix):
     from raysearch.pretrain import PretrainConfig
 
     r = cfg.resources
+    # The trial's own sliver of CPU comes out of its workers' share, so that N single-CPU
+    # pre-trainings fit N CPUs exactly (otherwise the last worker group waits for ever).
+    worker_cpus = r.pretrain_cpus_per_worker - TRIAL_CPU / r.pretrain_workers
     return from_dict(PretrainConfig, {
-        **cfg.pretrain, "mix": mix.as_dict(), "dataset": cfg.data.pretrain_dataset,
+        "threads_per_worker": max(1, int(r.pretrain_cpus_per_worker)), **cfg.pretrain, "mix": mix.as_dict(), "dataset": cfg.data.pretrain_dataset,
         "data_root": str(Path(cfg.data.root).resolve()),  # trials run in their own working directory
         "model": cfg.model.to_dict(), "num_workers": r.pretrain_workers, "use_gpu": r.pretrain_use_gpu,
-        "cpus_per_worker": r.pretrain_cpus_per_worker})
+        "cpus_per_worker": worker_cpus})
 
 
 def finetune_specs(cfg: SweepConfig, sources: list[tuple[str, dict | None, str | None, dict]]) -> list[dict]:
@@ -271,7 +276,7 @@ class Sweep:
                      f"the cluster has {cluster.get('CPU', 0):g}")
         # The trial itself holds almost nothing; its TorchTrainer's workers hold the real resources.
         # Concurrency is capped by what the workers need, so trials never starve their own workers.
-        return {"cpu": 0.01}, max(1, min(fits, r.max_concurrent_pretrain or fits))
+        return {"cpu": TRIAL_CPU}, max(1, min(fits, r.max_concurrent_pretrain or fits))
 
     def stage_pretrain(self) -> list[tuple[Mix, Any]]:
         """Pre-train every mix (or run the adaptive search); return (mix, store entry or error)."""
@@ -312,7 +317,7 @@ class Sweep:
         m = self.cfg.mixes
         mode = get_task(m.target_task).mode
         path = self.exp / "search"
-        trainable = ray.tune.with_resources(_hyperopt_trial, {"cpu": 0.01})
+        trainable = ray.tune.with_resources(_hyperopt_trial, {"cpu": TRIAL_CPU})
         if ray.tune.Tuner.can_restore(str(path)):
             tuner = ray.tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
