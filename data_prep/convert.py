@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from data_prep.features import jet_four_vector, jetclass_features_batch, kinematics
+from data_prep.features import jetclass_features_batch
 from raysearch.errors import UserError, cli_main, fail
 from raysearch.schema import (JET_FEATURES, JETCLASS_FEATURES, JETCLASS_LABELS, JETNET_FEATURES,
                               JETNET_JET_FEATURES, JETNET_LABELS, KINEMATIC_FEATURES, TOP_LABELS,

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from raysearch.config import apply_overrides, from_dict, load_yaml, to_dict
+from raysearch.config import apply_overrides, from_dict, load_yaml
 from raysearch.errors import cli_main
 from raysearch.tasks import get_task
 from raysearch.tasks.base import FinetuneConfig
@@ -50,10 +50,13 @@ def tune_trainable(config: dict[str, Any]) -> None:
         with ckpt.as_directory() as d:
             resume = torch.load(Path(d) / TRIAL_STATE, weights_only=False)
     t0 = time.time()
+    node_id = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict[str, float], state: dict) -> None:
-        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
+        clean: dict[str, Any] = {k: float(v) for k, v in metrics.items()
+                                 if isinstance(v, (int, float)) and math.isfinite(float(v))}
         clean["trial_wall_s"] = time.time() - t0
+        clean["node_id"] = node_id  # where the trial ran (the map records trial placement)
         with tempfile.TemporaryDirectory() as d:
             torch.save(state, Path(d) / TRIAL_STATE)
             ray.tune.report(clean, checkpoint=ray.tune.Checkpoint.from_directory(d))

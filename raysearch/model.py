@@ -15,7 +15,7 @@ generated features, time and condition embeddings, per-particle velocity).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch

@@ -8,8 +8,6 @@ Prints where the stored checkpoint and the TensorBoard logs are.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

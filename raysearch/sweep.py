@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from raysearch.config import from_dict, to_dict
-from raysearch.errors import UserError, cli_main, fail
+from raysearch.errors import cli_main, fail
 from raysearch.mixes import from_unit_square
 from raysearch.objectives import Mix
 from raysearch.report import PRIMARY, RESULTS_FILE, write_map
@@ -377,7 +377,8 @@ class Sweep:
             rows.append({"source": t["source"], "mix": t["mix"], "task": t["task"], "budget": t["budget"],
                          "seed": t["seed"], "status": status, "metrics": metrics,
                          "error": _one_line(res.error) if res.error is not None else None,
-                         "pretrain_compute": t["pretrain_compute"], "trial_dir": str(res.path)})
+                         "pretrain_compute": t["pretrain_compute"], "trial_dir": str(res.path),
+                         "node_id": (res.metrics or {}).get("node_id")})
         for m in failed_mixes:
             for task in self.cfg.tasks:
                 for b in task.budgets:

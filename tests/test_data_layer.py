@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 
-from data_prep.features import wrap_phi
 from data_prep.pythia_jets import generate_jets
 from data_prep.samples import SAMPLES
 from raysearch.budgets import budget_indices

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from procs import cmdline, descendants
 
 from raysearch.config import from_dict
 from raysearch.errors import UserError
@@ -65,33 +66,8 @@ def test_store_key_changes_with_mix_config_and_data():
     assert k != store_key({"cls": 1.0, "mpm": 0.0, "fm": 0.0}, {**cfg, "epochs": 3}, "abc")
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d))
-    out, stack = [], [pid]
-    while stack:
-        for c in children.get(stack.pop(), []):
-            out.append(c)
-            stack.append(c)
-    return out
-
-
 def _train_worker_pids() -> list[int]:
-    pids = []
-    for p in _descendants(os.getpid()):
-        try:
-            cmd = open(f"/proc/{p}/cmdline", "rb").read().decode(errors="ignore")
-        except OSError:
-            continue
-        if "RayTrainWorker" in cmd:
-            pids.append(p)
-    return pids
+    return [p for p in descendants(os.getpid()) if "RayTrainWorker" in cmdline(p)]
 
 
 def test_killed_worker_resumes_from_its_checkpoint(data_root, tmp_path):

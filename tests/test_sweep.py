@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from raysearch.config import from_dict
 from raysearch.errors import UserError
