@@ -139,6 +139,10 @@ class FeatureMap:
 
 def arrays_to_batch(particles: np.ndarray, n_particles: np.ndarray, label: np.ndarray,
                     jet: np.ndarray, fmap: FeatureMap | None = None) -> JetBatch:
+    # Drop the padding columns no jet of this batch uses: attention cost grows with the square of
+    # the slot count, and outputs do not depend on padding (tests/test_model.py checks that).
+    width = max(int(np.max(n_particles, initial=0)), 1)
+    particles = particles[:, :width]
     if fmap is not None:
         particles = fmap(particles)
     n = torch.from_numpy(np.asarray(n_particles, dtype=np.int64))

@@ -143,7 +143,14 @@ def test_ray_and_array_loaders_agree(data_root):
     feats = ["dphi", "deta", "not_in_data"]
     via_ray = list(ray_batches(s.ray_dataset(), s.info, batch_size=16, features=feats))
     via_mem = list(ArrayLoader(a, s.info, batch_size=16, shuffle=False, features=feats))
-    cat = lambda bs, k: np.concatenate([getattr(b, k).numpy() for b in bs])
+    def cat(bs, k):
+        # Batches are trimmed to their longest jet: pad back to the stored width to compare.
+        parts = [getattr(b, k).numpy() for b in bs]
+        if k in ("particles", "mask"):
+            parts = [np.pad(p, [(0, 0), (0, s.info.max_particles - p.shape[1])] + [(0, 0)] * (p.ndim - 2))
+                     for p in parts]
+        return np.concatenate(parts)
+    assert all(b.particles.shape[1] == int(b.mask.sum(1).max()) for b in via_mem + via_ray)
     # Ray Data may hand out batches in any order: compare jets sorted by a unique key.
     o_ray, o_mem = np.argsort(cat(via_ray, "jet")[:, 0]), np.argsort(cat(via_mem, "jet")[:, 0])
     for k in ("particles", "mask", "label", "jet"):

@@ -99,6 +99,9 @@ def make_finetune_optimizer(model: JetModel, cfg: FinetuneConfig) -> torch.optim
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
 
 
-def epochs_for(cfg: FinetuneConfig, n_train: int) -> int:
+def epochs_for(cfg: FinetuneConfig, n_train: int) -> tuple[int, int]:
+    """(epochs, evaluate every k epochs): small budgets get more epochs to reach `min_steps`, and
+    evaluate proportionally less often, so every budget is evaluated about `epochs / eval_every` times."""
     steps_per_epoch = max(1, -(-n_train // cfg.batch_size))
-    return max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch))
+    epochs = max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch))
+    return epochs, max(cfg.eval_every, epochs // cfg.epochs)

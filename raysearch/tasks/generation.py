@@ -80,7 +80,7 @@ class Generation:
             head.set_normalization(torch.from_numpy(mean), torch.from_numpy(std))
         labels = torch.from_numpy(train["label"].astype(np.int64))
         opt = make_finetune_optimizer(model, cfg)
-        epochs = epochs_for(cfg, len(labels))
+        epochs, eval_every = epochs_for(cfg, len(labels))
         rng = np.random.default_rng(seed)
         gen = torch.Generator().manual_seed(seed)
         # Validation: a fixed half of the held-out jets; the other half is the final test set.
@@ -108,7 +108,7 @@ class Generation:
             if not np.isfinite(total):
                 raise FloatingPointError(f"generation: training loss is {total} at epoch {epoch + 1}")
             final = epoch + 1 == epochs
-            if (epoch + 1) % cfg.eval_every and not final:
+            if (epoch + 1) % eval_every and not final:
                 continue
             metrics = {"epoch": float(epoch + 1), "train_loss": total / max(n, 1)}
             metrics.update(self.evaluate(model, val, cfg, cfg.gen_eval_samples, seed, "val_", n_boot=2))

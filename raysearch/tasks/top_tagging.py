@@ -62,7 +62,7 @@ class TopTagging:
         features = model_cfg.features
         opt = make_finetune_optimizer(model, cfg)
         loader = ArrayLoader(train, info, cfg.batch_size, shuffle=True, seed=seed, features=features)
-        epochs = epochs_for(cfg, len(train["label"]))
+        epochs, eval_every = epochs_for(cfg, len(train["label"]))
         best = {"val_auc": -1.0}
         best_state = None
         start = 0
@@ -84,7 +84,7 @@ class TopTagging:
                 n += len(b)
             if not np.isfinite(total):
                 raise FloatingPointError(f"top_tagging: training loss is {total} at epoch {epoch + 1}")
-            if (epoch + 1) % cfg.eval_every and epoch + 1 < epochs:
+            if (epoch + 1) % eval_every and epoch + 1 < epochs:
                 continue
             labels, s, val_loss = self.scores(model, val, info, features)
             m = classification_metrics(labels, s, prefix="val_")
