@@ -347,6 +347,9 @@ class Sweep:
                 sources.append((mix.name, mix.as_dict(), str(entry.model_dir), entry.record["compute"]))
         specs = finetune_specs(self.cfg, sources)
         failed_mixes = [m for m, e in pretrained if e is None]
+        done_rows = self._finished_rows()
+        if done_rows is not None:
+            return done_rows
         r = self.cfg.resources
         trainable = ray.tune.with_resources(tune_trainable, {"cpu": r.finetune_cpus, "gpu": r.finetune_gpus})
         path = self.exp / "finetune"
@@ -393,6 +396,14 @@ class Sweep:
         self._hparams(rows)
         self.write_state(stage_finetune_done=True)
         return rows
+
+    def _finished_rows(self) -> list[dict] | None:
+        """Rows of a fine-tuning stage that already finished with no failed trial (nothing to redo)."""
+        path = self.exp / RESULTS_FILE
+        if not (self.read_state().get("stage_finetune_done") and path.is_file()):
+            return None
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return None if any(r["status"] == "error" for r in rows) else rows
 
     def _hparams(self, rows: list[dict]) -> None:
         """One TensorBoard HParams run per fine-tune: the mix weights, task and budget vs final metrics."""

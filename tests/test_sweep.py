@@ -109,14 +109,14 @@ def test_small_study_end_to_end_and_rerun_recomputes_nothing(data_root, tmp_path
     assert gen["metrics"]["pretrained_fm_head"] == 1.0
 
     # Running the same study again trains and fine-tunes nothing.
-    before = {p: p.stat().st_mtime for p in (exp / "finetune").rglob("result.json")}
+    before = {p: p.read_text() for p in (exp / "finetune").rglob("result.json")}
     stored = {e.key: e.record["stored_at"] for _, e in pre}
     again = Sweep(small_study(data_root, tmp_path))
     again.check_experiment(False)
     pre2 = again.stage_pretrain()
     assert {e.key: e.record["stored_at"] for _, e in pre2} == stored
     rows2 = again.stage_finetune(pre2)
-    assert {p: p.stat().st_mtime for p in (exp / "finetune").rglob("result.json")} == before
+    assert {p: p.read_text() for p in (exp / "finetune").rglob("result.json")} == before
     assert sorted(json.dumps(r["metrics"], sort_keys=True) for r in rows2) == \
         sorted(json.dumps(r["metrics"], sort_keys=True) for r in rows)
 
