@@ -104,8 +104,13 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(data_root, tmp_
     took = time.time() - t0
     rows = [json.loads(l) for l in (exp / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 2 * 3 and all(row["status"] == "completed" for row in rows)
+    def reports(text):
+        return [(r["epoch"], r.get("test_auc")) for r in map(json.loads, text.splitlines())]
+
     for trial_dir, text in finished_before.items():
-        # A trial that had finished was not run again: no report was added to its results.
-        assert (Path(trial_dir) / "result.json").read_text() == text, trial_dir
+        # A trial that had finished training was not trained again. If the driver died between its
+        # final report and Tune marking it done, that final report is replayed from its checkpoint.
+        before, after = reports(text), reports((Path(trial_dir) / "result.json").read_text())
+        assert after in (before, before + before[-1:]), trial_dir
     assert "| top_tagging | 60 |" in (exp / "transfer_map.md").read_text()
     print(f"resume took {took:.1f} s; {len(finished_before)} finished trials kept")

@@ -135,3 +135,17 @@ def test_generation_runs_and_reports_jetnet_metrics(data_root, tiny_ft):
     for k in ("test_w1m", "test_w1p", "test_w1efp", "test_fpd", "test_kpd", "test_w1m_err"):
         assert np.isfinite(final[k]), k
     assert final["pretrained_fm_head"] == 0.0
+
+
+def test_resume_from_a_mid_run_or_final_checkpoint(data_root, tiny_ft):
+    states = []
+    final = TopTagging().run(tiny_ft, data_root, 60, 0, None, lambda m, s: states.append((m, s)))
+    # Interrupted after the final report: reported again, nothing trained.
+    again = []
+    assert TopTagging().run(tiny_ft, data_root, 60, 0, None, lambda m, s: again.append(m),
+                            resume=states[-1][1]) == final
+    assert again == [final]
+    # Interrupted mid-run: continues from the next epoch.
+    later = []
+    TopTagging().run(tiny_ft, data_root, 60, 0, None, lambda m, s: later.append(m), resume=states[0][1])
+    assert [m["epoch"] for m in later] == [m["epoch"] for m, _ in states[1:]]

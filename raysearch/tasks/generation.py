@@ -91,6 +91,9 @@ class Generation:
             model.load_state_dict(resume["model"])
             opt.load_state_dict(resume["optimizer"])
             best, best_state, start = resume["best"], resume["best_state"], resume["epoch"]
+            if start >= epochs:  # interrupted after its final report: report it again, train nothing
+                report(resume["metrics"], resume)
+                return resume["metrics"]
             rng = np.random.default_rng([seed, start])
         for epoch in range(start, epochs):
             model.train()
@@ -120,7 +123,7 @@ class Generation:
                 metrics.update(best_epoch=best["epoch"], best_val_w1m=best["val_w1m"],
                                pretrained_fm_head=float(pretrained_head))
             report(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(), "best": best,
-                             "best_state": best_state, "epoch": epoch + 1})
+                             "best_state": best_state, "epoch": epoch + 1, "metrics": metrics})
         return metrics
 
     @torch.no_grad()

@@ -70,6 +70,9 @@ class TopTagging:
             model.load_state_dict(resume["model"])
             opt.load_state_dict(resume["optimizer"])
             best, best_state, start = resume["best"], resume["best_state"], resume["epoch"]
+            if start >= epochs:  # interrupted after its final report: report it again, train nothing
+                report(resume["metrics"], resume)
+                return resume["metrics"]
             loader.rng = np.random.default_rng([seed, start])
         for epoch in range(start, epochs):
             model.train()
@@ -100,6 +103,6 @@ class TopTagging:
                 metrics.update(classification_metrics(labels, s, prefix="test_"))
                 metrics.update(best_epoch=best["epoch"], best_val_auc=best["val_auc"], test_loss=test_loss)
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "best": best,
-                     "best_state": best_state, "epoch": epoch + 1}
+                     "best_state": best_state, "epoch": epoch + 1, "metrics": metrics}
             report(metrics, state)
         return metrics
