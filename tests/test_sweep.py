@@ -127,3 +127,56 @@ def test_changed_config_on_an_existing_experiment_is_refused(data_root, tmp_path
     Sweep(small_study(data_root, tmp_path)).check_experiment(False)
     with pytest.raises(UserError, match="exists with a different configuration"):
         Sweep(small_study(data_root, tmp_path, seeds=[0, 1])).check_experiment(False)
+
+
+@pytest.mark.slow
+def test_failed_pretraining_is_recorded_and_the_map_marks_it(data_root, tmp_path, ray_session):
+    """A mix whose pre-training hits a NaN fails alone: the sweep finishes and the map says so."""
+    from data_prep.shards import write_arrays
+    from raysearch.data import open_split
+    from raysearch.report import write_map
+    from raysearch.sweep import Sweep
+
+    root = tmp_path / "data"
+    for dataset, split in (("jetclass", "train"), ("jetclass", "val"), ("top_tagging", "train"),
+                           ("top_tagging", "val"), ("top_tagging", "test")):
+        s = open_split(data_root, dataset, split)
+        a = s.load_arrays()
+        if dataset == "jetclass":
+            a["particles"] = a["particles"].copy()
+            a["particles"][:, 0, 2] = np.nan  # every pre-training on this data diverges at step 1
+        write_arrays(root, s.info, split, a)
+    cfg = small_study(root, tmp_path, mixes={"strategy": "points", "points": [{"cls": 1}]},
+                      tasks=[{"name": "top_tagging", "budgets": [60]}])
+    sweep = Sweep(cfg)
+    sweep.check_experiment(False)
+    pre = sweep.stage_pretrain()
+    assert pre[0][1] is None and "loss term 'cls' is nan" in sweep.pretrain_errors["cls"]
+    rows = sweep.stage_finetune(pre)
+    by_source = {r["source"]: r for r in rows}
+    assert by_source["scratch"]["status"] == "completed"
+    assert by_source["cls"]["status"] == "error" and "is nan" in by_source["cls"]["error"]
+    md = write_map(sweep.exp, rows, tensorboard=False)
+    assert "1 failed" in md and "| **scratch**" not in md
+
+
+@pytest.mark.slow
+def test_two_processes_asking_for_one_pretraining_train_it_once(data_root, tmp_path, ray_session):
+    import threading
+
+    from raysearch.pretrain import PretrainConfig, pretrain
+    from raysearch.store import PretrainStore
+
+    cfg = lambda: from_dict(PretrainConfig, {"data_root": str(data_root), "epochs": 1, "batch_size": 50,
+                                             "probe_jets": 0, "mix": {"cls": 1.0}, "model": {"depth": 2}})
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(pretrain(cfg(), tmp_path / "store", tmp_path / "runs")))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 2 and got[0].key == got[1].key
+    assert got[0].record["stored_at"] == got[1].record["stored_at"]
+    assert len(PretrainStore(tmp_path / "store").entries()) == 1
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # trained once
