@@ -51,11 +51,24 @@ def tune_trainable(config: dict[str, Any]) -> None:
             resume = torch.load(Path(d) / TRIAL_STATE, weights_only=False)
     t0 = time.time()
     node_id = ray.get_runtime_context().get_node_id()
+    writer = None
+    if config.get("tensorboard_dir"):
+        # One TensorBoard run per fine-tune, named like the trial (task-budget-mix-seed).
+        from torch.utils.tensorboard import SummaryWriter
+
+        name = ray.tune.get_context().get_trial_name()
+        writer = SummaryWriter(str(Path(config["tensorboard_dir"]) / name),
+                               purge_step=int(resume["epoch"]) + 1 if resume else None)
 
     def report(metrics: dict[str, float], state: dict) -> None:
         clean: dict[str, Any] = {k: float(v) for k, v in metrics.items()
                                  if isinstance(v, (int, float)) and math.isfinite(float(v))}
         clean["trial_wall_s"] = time.time() - t0
+        if writer is not None:
+            for k, v in clean.items():
+                if k not in ("epoch", "trial_wall_s") and not k.endswith(("_err", "_lower_bound")):
+                    writer.add_scalar(f"{'test' if k.startswith('test_') else 'finetune'}/{k}", v, int(clean["epoch"]))
+            writer.flush()
         clean["node_id"] = node_id  # where the trial ran (the map records trial placement)
         with tempfile.TemporaryDirectory() as d:
             torch.save(state, Path(d) / TRIAL_STATE)

@@ -11,7 +11,8 @@ _QUIET_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_AUTH_MODE": "disabled",
     "RAY_DEDUP_LOGS": "1",
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
+    # The sweep chooses Tune's result loggers itself (raysearch.sweep._result_loggers).
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
     # Tune's new console output prints a configuration box and hints even at verbose=0; the sweep

@@ -194,8 +194,9 @@ def plot_map(exp: Path, cells: list[Cell]) -> list[Path]:
             continue
         fig, ax = plt.subplots(figsize=(5.2, 4.6))
         ax.plot(*np.vstack([corners, corners[:1]]).T, color="0.6", lw=1)
-        for (x, y), name in zip(corners, ("cls", "mpm", "fm")):
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(0, -14 if y == 0 else 6), ha="center")
+        for (x, y), name, off, ha in zip(corners, ("α_cls = 1", "α_mpm = 1", "α_fm = 1"),
+                                         ((-16, -16), (16, -16), (0, 24)), ("right", "left", "center")):
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=off, ha=ha, fontsize=9, color="0.3")
         w = np.array([[c.mix[k] for k in ("cls", "mpm", "fm")] for c in group], dtype=float)
         w /= w.sum(1, keepdims=True)
         xy = w @ corners
@@ -203,12 +204,14 @@ def plot_map(exp: Path, cells: list[Cell]) -> list[Path]:
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=vals, s=260, cmap="viridis" if mode == "max" else "viridis_r",
                         edgecolors="k")
         for (x, y), v in zip(xy, vals):
-            ax.annotate(f"{v:.3g}", (x, y), textcoords="offset points", xytext=(0, 12), ha="center", fontsize=8)
+            ax.annotate(f"{v:.3g}", (x, y), textcoords="offset points", xytext=(14, 6), ha="left", fontsize=8)
         scratch = next((c for c in cells if c.task == task and c.budget == budget and c.source == "scratch"), None)
         title = f"{task}, budget {budget}: {metric}"
         if scratch and scratch.values:
             title += f"\n(from scratch: {scratch.mean:.3g})"
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=10, pad=28)
+        ax.set_xlim(-0.25, 1.25)
+        ax.set_ylim(-0.12, 1.0)
         fig.colorbar(sc, ax=ax, shrink=0.8)
         ax.set_aspect("equal")
         ax.axis("off")

@@ -201,6 +201,14 @@ def progress_callback(stage: str, total: int):
     return Progress()
 
 
+def _result_loggers() -> list:
+    """Tune's JSON and CSV result files, without its TensorBoard logger: that one would add a second,
+    unlabelled HParams row per trial (trials write their own event files with readable names)."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return [JsonLoggerCallback(), CSVLoggerCallback()]
+
+
 def _trial_name(trial) -> str:
     t = trial.config["trial"]
     return f"{t['task']}-b{t['budget']}-{t['source']}-s{t['seed']}"
@@ -298,7 +306,8 @@ class Sweep:
                                                 trial_name_creator=lambda t: "pretrain-" + Mix(**t.config["pretrain"]["mix"]).name,
                                                 trial_dirname_creator=lambda t: "pretrain-" + Mix(**t.config["pretrain"]["mix"]).name),
                 run_config=ray.tune.RunConfig(name="pretrain", storage_path=str(self.exp), verbose=0,
-                                              callbacks=[progress_callback("pre-training", len(mixes))]))
+                                              callbacks=[progress_callback("pre-training", len(mixes)),
+                                                         *_result_loggers()]))
             for res in tuner.fit():
                 if res.error is not None:
                     self.pretrain_errors[Mix(**res.config["pretrain"]["mix"]).name] = _one_line(res.error)
@@ -331,7 +340,8 @@ class Sweep:
                              "data_root": self.cfg.data.root},
                 tune_config=ray.tune.TuneConfig(search_alg=searcher, num_samples=m.samples),
                 run_config=ray.tune.RunConfig(name="search", storage_path=str(self.exp), verbose=0,
-                                              callbacks=[progress_callback("adaptive search", m.samples)]))
+                                              callbacks=[progress_callback("adaptive search", m.samples),
+                                                         *_result_loggers()]))
         grid = tuner.fit()
         mixes = [from_unit_square(r.config["u"], r.config["v"]) for r in grid if r.error is None]
         return list(dict.fromkeys(mixes))
@@ -362,14 +372,15 @@ class Sweep:
             tuner = ray.tune.Tuner(
                 trainable,
                 param_space={"trial": ray.tune.grid_search(specs), "finetune": to_dict(self.cfg.finetune),
-                             "data_root": str(Path(self.cfg.data.root).resolve()), "threads": int(r.finetune_cpus) or 1},
+                             "data_root": str(Path(self.cfg.data.root).resolve()), "threads": int(r.finetune_cpus) or 1,
+                             "tensorboard_dir": str(self.exp / "tensorboard" / "finetune")},
                 tune_config=ray.tune.TuneConfig(scheduler=scheduler, trial_name_creator=_trial_name,
                                                 trial_dirname_creator=_trial_name),
                 run_config=ray.tune.RunConfig(
                     name="finetune", storage_path=str(self.exp), verbose=0,
                     failure_config=ray.tune.FailureConfig(max_failures=0),
                     checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1),
-                    callbacks=[progress_callback("fine-tuning", len(specs))]))
+                    callbacks=[progress_callback("fine-tuning", len(specs)), *_result_loggers()]))
         grid = tuner.fit()
         rows = []
         for res in grid:

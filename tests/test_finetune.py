@@ -99,7 +99,8 @@ def test_top_tagging_improves_over_the_untrained_head(data_root, tiny_ft):
     base = TopTagging().run(untrained, data_root, 100, 0, None, lambda m, s: None)
     assert final["best_val_auc"] > base["val_auc"] + 0.1 and final["best_val_auc"] > 0.8
     assert {"test_auc", "test_acc", "test_rej30", "test_rej50"} <= set(final)
-    assert len(reports) == final["epoch"]
+    # Evaluated every epoch, or proportionally less often when a small budget gets more epochs.
+    assert reports[-1]["epoch"] == final["epoch"] and len(reports) >= tiny_ft.epochs
 
 
 def test_budget_larger_than_data_is_a_clear_error(data_root, tiny_ft):
