@@ -104,6 +104,8 @@ class PretrainConfig:
 def resolve(cfg: PretrainConfig, split: Split) -> PretrainConfig:
     """Fill the model's data-dependent fields from the training split."""
     info = split.info
+    # Workers run in their own working directories: give them an absolute data path.
+    cfg.data_root = str(Path(cfg.data_root).resolve())
     m = cfg.model
     # An explicit feature list is kept (features the data lacks are zero-filled by the loader).
     cfg.model = ModelConfig(**{**m.to_dict(), "features": m.features or info.particle_features,
