@@ -337,7 +337,7 @@ class Sweep:
                 param_space={**common, "u": ray.tune.uniform(0, 1), "v": ray.tune.uniform(0, 1), "pretrain": base,
                              "target_task": m.target_task, "target_budget": m.target_budget,
                              "seeds": self.cfg.seeds, "finetune": to_dict(self.cfg.finetune),
-                             "data_root": self.cfg.data.root},
+                             "data_root": str(Path(self.cfg.data.root).resolve())},
                 tune_config=ray.tune.TuneConfig(search_alg=searcher, num_samples=m.samples),
                 run_config=ray.tune.RunConfig(name="search", storage_path=str(self.exp), verbose=0,
                                               callbacks=[progress_callback("adaptive search", m.samples),
