@@ -105,3 +105,19 @@ def epochs_for(cfg: FinetuneConfig, n_train: int) -> tuple[int, int]:
     steps_per_epoch = max(1, -(-n_train // cfg.batch_size))
     epochs = max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch))
     return epochs, max(cfg.eval_every, epochs // cfg.epochs)
+
+
+def optimizer_step(model: JetModel, opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One fine-tuning step (gradient norm clipped at 1); returns the loss value."""
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item()
+
+
+def restore(resume: dict[str, Any], model: JetModel, opt: torch.optim.Optimizer) -> tuple[dict, Any, int]:
+    """Load a fine-tune checkpoint; returns (best metrics, best weights, next epoch)."""
+    model.load_state_dict(resume["model"])
+    opt.load_state_dict(resume["optimizer"])
+    return resume["best"], resume["best_state"], resume["epoch"]

@@ -24,7 +24,7 @@ from raysearch.metrics.generation import generation_metrics
 from raysearch.model import FlowMatchingHead
 from raysearch.objectives.flow_matching import flow_matching_loss, sample
 from raysearch.tasks.base import (FinetuneConfig, Report, assemble, backbone_config, epochs_for,
-                                  make_finetune_optimizer)
+                                  make_finetune_optimizer, optimizer_step, restore)
 
 FM_FEATURES = ("deta", "dphi", "log_pt_rel")
 
@@ -88,9 +88,7 @@ class Generation:
         val, tst = subset(test, np.sort(order[: len(order) // 2])), subset(test, np.sort(order[len(order) // 2:]))
         best, best_state, start = {"val_w1m": float("inf")}, None, 0
         if resume is not None:
-            model.load_state_dict(resume["model"])
-            opt.load_state_dict(resume["optimizer"])
-            best, best_state, start = resume["best"], resume["best_state"], resume["epoch"]
+            best, best_state, start = restore(resume, model, opt)
             if start >= epochs:  # interrupted after its final report: report it again, train nothing
                 report(resume["metrics"], resume)
                 return resume["metrics"]
@@ -102,11 +100,7 @@ class Generation:
             for i in range(0, len(perm), cfg.batch_size):
                 j = torch.from_numpy(perm[i:i + cfg.batch_size])
                 loss = flow_matching_loss(model, x_train[j], m_train[j], labels[j], gen)
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                total += loss.item() * len(j)
+                total += optimizer_step(model, opt, loss) * len(j)
                 n += len(j)
             if not np.isfinite(total):
                 raise FloatingPointError(f"generation: training loss is {total} at epoch {epoch + 1}")

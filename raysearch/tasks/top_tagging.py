@@ -19,7 +19,7 @@ from raysearch.data import ArrayLoader, feature_stats, open_split, subset
 from raysearch.metrics.classification import classification_metrics
 from raysearch.model import ClassifierHead
 from raysearch.tasks.base import (FinetuneConfig, Report, assemble, backbone_config, epochs_for,
-                                  make_finetune_optimizer)
+                                  make_finetune_optimizer, optimizer_step, restore)
 
 
 class TopTagging:
@@ -67,9 +67,7 @@ class TopTagging:
         best_state = None
         start = 0
         if resume is not None:
-            model.load_state_dict(resume["model"])
-            opt.load_state_dict(resume["optimizer"])
-            best, best_state, start = resume["best"], resume["best_state"], resume["epoch"]
+            best, best_state, start = restore(resume, model, opt)
             if start >= epochs:  # interrupted after its final report: report it again, train nothing
                 report(resume["metrics"], resume)
                 return resume["metrics"]
@@ -79,11 +77,7 @@ class TopTagging:
             total, n = 0.0, 0
             for b in loader:
                 loss = F.cross_entropy(model.classify(b.particles, b.mask), b.label)
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                total += loss.item() * len(b)
+                total += optimizer_step(model, opt, loss) * len(b)
                 n += len(b)
             if not np.isfinite(total):
                 raise FloatingPointError(f"top_tagging: training loss is {total} at epoch {epoch + 1}")
