@@ -2,14 +2,19 @@
 
 The backbone maps a padded particle set to one token per particle plus a class token:
     standardise features -> per-particle MLP embedding (+ optional k-NN local block in deta-dphi)
-    -> prepend class token -> add condition vector (time / jet type / multiplicity) to every token
+    -> prepend the class token and any condition tokens -> add the time embedding to every token
     -> pre-norm transformer blocks (scaled_dot_product_attention with key-padding masks) -> LayerNorm.
 Nothing depends on particle order, and padded slots are never attended to, so outputs are
 equivariant (per particle) or invariant (class token) under permutations of the real particles.
 
 Heads (`raysearch.objectives` holds their losses): classifier on the class token; masked-particle
 modeling (mask token + angular cue -> hidden features); flow matching (own input embedding for the
-generated features, time and condition embeddings, per-particle velocity).
+generated features, one condition token per generation condition, per-particle velocity).
+
+Why conditions are tokens and time is added: a condition (jet type, multiplicity, jet pT, jet mass)
+is information about the whole jet that particles look up through attention, like the class token,
+and more conditions cost one token each rather than a wider embedding. The time sets how noisy every
+particle's own input is, so each token gets it directly.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,6 +38,33 @@ SIZES: dict[str, dict[str, Any]] = {
     "m": dict(width=512, depth=12, heads=16, mlp_ratio=2.0, knn=10),
     "l": dict(width=1024, depth=16, heads=16, mlp_ratio=2.0, knn=10),
 }
+
+CONDITIONS = ("type", "multiplicity", "jet_pt", "jet_mass")
+"""Possible generation conditions; all but `type` are continuous values, standardised by the head."""
+
+
+def continuous_conditions(conditions: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(c for c in conditions if c != "type")
+
+
+def jet_conditions(conditions: tuple[str, ...]) -> tuple[str, ...]:
+    """The conditions read from jet-level features (all but type and multiplicity), in order."""
+    return tuple(c for c in conditions if c not in ("type", "multiplicity"))
+
+
+def condition_stats(conditions: tuple[str, ...], n_particles: np.ndarray, jet: np.ndarray,
+                    jet_features: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and width of each continuous condition over the given jets (for the head's buffers)."""
+    cols = []
+    for c in continuous_conditions(conditions):
+        if c == "multiplicity":
+            cols.append(np.asarray(n_particles, np.float64))
+        else:
+            cols.append(np.asarray(jet, np.float64)[:, jet_condition_index((c,), jet_features, "data")[0]])
+    if not cols:
+        return np.zeros(0, np.float32), np.ones(0, np.float32)
+    v = np.stack(cols, axis=1)
+    return v.mean(0).astype(np.float32), v.std(0).astype(np.float32)
 
 
 @dataclass
@@ -60,7 +93,15 @@ class ModelConfig:
     """Features the flow-matching head generates; chosen to map 1:1 onto JetNet's
     (etarel, phirel, log ptrel) so that a pre-trained generator transfers to JetNet-style generation."""
     max_particles: int = 128
-    """Slots per jet; the multiplicity condition is n / max_particles."""
+    """Slots per jet of the pre-training data."""
+    jet_features: tuple[str, ...] = ()
+    """Jet-level feature names of the pre-training data (set from it); jet pT/mass conditions are read
+    from these columns."""
+    fm_conditions: tuple[str, ...] = ("type", "multiplicity")
+    """What generation is conditioned on, one condition token each: some of `type` (jet class),
+    `multiplicity` (number of particles), `jet_pt`, `jet_mass`. The default is JetNet's usual set;
+    adding jet_pt/jet_mass generates jets of a requested pT and mass (the held-out real jets' values
+    at evaluation, so W1M then measures how well the mass condition is met)."""
 
     def __post_init__(self):
         if self.size not in SIZES:
@@ -69,12 +110,17 @@ class ModelConfig:
             if getattr(self, k) is None:
                 setattr(self, k, v)
         self.features, self.fm_features = tuple(self.features), tuple(self.fm_features)
+        self.jet_features, self.fm_conditions = tuple(self.jet_features), tuple(self.fm_conditions)
+        bad = [c for c in self.fm_conditions if c not in CONDITIONS]
+        if bad or len(set(self.fm_conditions)) != len(self.fm_conditions):
+            fail(f"model.fm_conditions: expected distinct names among {list(CONDITIONS)}, got {list(self.fm_conditions)}")
         if self.width % self.heads:
             fail(f"model.width ({self.width}) must be a multiple of model.heads ({self.heads})")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["features"], d["fm_features"] = list(self.features), list(self.fm_features)
+        for k in ("features", "fm_features", "jet_features", "fm_conditions"):
+            d[k] = list(d[k])
         return d
 
     @classmethod
@@ -185,18 +231,27 @@ class Backbone(nn.Module):
             h = h + self.local(x, mask)
         return h * mask.unsqueeze(-1)
 
-    def encode(self, tokens: torch.Tensor, mask: torch.Tensor,
-               cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Particle tokens (B, N, W) -> (B, 1 + N, W); index 0 is the class token."""
+    def encode(self, tokens: torch.Tensor, mask: torch.Tensor, time: torch.Tensor | None = None,
+               cond_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Particle tokens (B, N, W) -> (B, 1 + N, W); index 0 is the class token.
+
+        `time` (B, W) is added to every token; `cond_tokens` (B, K, W) join the sequence after the
+        class token (always attended to) and are dropped from the output.
+        """
         b = tokens.shape[0]
-        x = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)
-        if cond is not None:
-            x = x + cond.unsqueeze(1)
-        keep = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=mask.device), mask], dim=1)
+        k = 0 if cond_tokens is None else cond_tokens.shape[1]
+        parts = [self.cls_token.expand(b, -1, -1).to(tokens.dtype)]
+        if k:
+            parts.append(cond_tokens)
+        x = torch.cat(parts + [tokens], dim=1)
+        if time is not None:
+            x = x + time.unsqueeze(1)
+        keep = torch.cat([torch.ones(b, 1 + k, dtype=torch.bool, device=mask.device), mask], dim=1)
         attn_mask = keep[:, None, None, :]
         for blk in self.blocks:
             x = blk(x, attn_mask)
-        return self.norm(x)
+        x = self.norm(x)
+        return torch.cat([x[:, :1], x[:, 1 + k:]], dim=1) if k else x
 
 
 class ClassifierHead(nn.Module):
@@ -232,35 +287,63 @@ class MPMHead(nn.Module):
 
 
 class FlowMatchingHead(nn.Module):
-    """Per-particle velocity of the features `cfg.fm_features`, conditioned on time, class, multiplicity."""
+    """Per-particle velocity of the features `cfg.fm_features`, conditioned on time and `cfg.fm_conditions`.
+
+    Each condition becomes one token: the jet type through an embedding, each continuous condition
+    (multiplicity, jet pT, jet mass; standardised with the training data's mean and width, kept in
+    the head's buffers so a reused head reads new data in the same units) through its own small MLP.
+    """
 
     def __init__(self, cfg: ModelConfig, num_classes: int):
         super().__init__()
         nf = len(cfg.fm_features)
         self.register_buffer("feat_mean", torch.zeros(nf))
         self.register_buffer("feat_std", torch.ones(nf))
+        self.conditions = cfg.fm_conditions
+        self.continuous = continuous_conditions(cfg.fm_conditions)
+        self.jet_conditions = jet_conditions(cfg.fm_conditions)
+        """Conditions read from jet-level features (callers pass them in this order)."""
+        # Replaced by the data's statistics before training; multiplicity starts on a sensible scale.
+        half = cfg.max_particles / 2
+        self.register_buffer("cond_mean", torch.tensor([half if c == "multiplicity" else 0.0 for c in self.continuous]))
+        self.register_buffer("cond_std", torch.tensor([half / 2 if c == "multiplicity" else 1.0 for c in self.continuous]))
         self.embed = Mlp(nf, cfg.width, cfg.width)
         self.time = Mlp(cfg.width, cfg.width, cfg.width)
-        self.cond_class = nn.Embedding(max(num_classes, 1), cfg.width)
-        self.cond_mult = nn.Linear(1, cfg.width)
+        self.cond_type = nn.Embedding(max(num_classes, 1), cfg.width) if "type" in cfg.fm_conditions else None
+        self.cond_value = nn.ModuleDict({c: Mlp(1, cfg.width, cfg.width) for c in self.continuous})
         self.out = Mlp(cfg.width, cfg.width, nf)
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
-        self.width, self.max_particles = cfg.width, cfg.max_particles
+        self.width = cfg.width
 
-    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor,
+                          cond_mean: torch.Tensor | None = None, cond_std: torch.Tensor | None = None) -> None:
         self.feat_mean.copy_(mean)
         self.feat_std.copy_(std.clamp(min=1e-3))
+        if cond_mean is not None:
+            self.cond_mean.copy_(cond_mean)
+            self.cond_std.copy_(cond_std.clamp(min=1e-3))
 
-    def condition(self, t: torch.Tensor, label: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        mult = (n.float() / self.max_particles).unsqueeze(1)
-        return self.time(timestep_embedding(t, self.width)) + self.cond_class(label) + self.cond_mult(mult)
+    def condition_tokens(self, label: torch.Tensor, n: torch.Tensor,
+                         jet: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, K, W) tokens of the conditions; `jet` (B, len(jet_conditions)) holds the jet-level ones."""
+        values = {"multiplicity": n.float()}
+        if self.jet_conditions:
+            if jet is None or jet.shape[-1] != len(self.jet_conditions):
+                fail(f"generation: conditioned on {list(self.jet_conditions)}, which need their jet values")
+            values.update({c: jet[:, i].float() for i, c in enumerate(self.jet_conditions)})
+        tokens = [self.cond_type(label)] if self.cond_type is not None else []
+        for i, c in enumerate(self.continuous):
+            z = (values[c] - self.cond_mean[i]) / self.cond_std[i]
+            tokens.append(self.cond_value[c](z.unsqueeze(1)))
+        return torch.stack(tokens, dim=1) if tokens else None
 
     def velocity(self, backbone: Backbone, x_t: torch.Tensor, t: torch.Tensor, mask: torch.Tensor,
-                 label: torch.Tensor) -> torch.Tensor:
+                 label: torch.Tensor, jet: torch.Tensor | None = None) -> torch.Tensor:
         """Velocity (B, N, F_fm) at standardised state x_t; zero at padding."""
         tokens = self.embed(x_t) * mask.unsqueeze(-1)
-        enc = backbone.encode(tokens, mask, self.condition(t, label, mask.sum(1)))
+        time = self.time(timestep_embedding(t, self.width))
+        enc = backbone.encode(tokens, mask, time, self.condition_tokens(label, mask.sum(1), jet))
         return self.out(enc[:, 1:]) * mask.unsqueeze(-1)
 
 
@@ -304,6 +387,18 @@ class JetModel(nn.Module):
         if missing:
             fail(f"model.fm_features: {missing} are not among the input features {list(self.cfg.features)}")
         return [self.cfg.features.index(f) for f in self.cfg.fm_features]
+
+    def jet_condition_index(self) -> list[int]:
+        """Columns of the batch's jet features that hold the flow-matching head's jet conditions."""
+        return jet_condition_index(self.heads["fm"].jet_conditions, self.cfg.jet_features, "model.jet_features")
+
+
+def jet_condition_index(conditions: tuple[str, ...], available: tuple[str, ...], where: str) -> list[int]:
+    """Indices of the jet-level generation conditions among `available` feature names."""
+    missing = [c for c in conditions if c not in available]
+    if missing:
+        fail(f"{where}: generation is conditioned on {missing}, which the data lacks (it has {list(available)})")
+    return [list(available).index(c) for c in conditions]
 
 
 def count_parameters(module: nn.Module) -> int:

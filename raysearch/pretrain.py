@@ -18,7 +18,7 @@ import numpy as np
 from raysearch.config import apply_overrides, from_dict, load_yaml, to_dict
 from raysearch.data import Split, feature_stats, open_split
 from raysearch.errors import UserError, cli_main, fail
-from raysearch.model import ModelConfig
+from raysearch.model import ModelConfig, condition_stats, jet_condition_index, jet_conditions
 from raysearch.objectives import Mix, ObjectiveConfig
 from raysearch.optim import OptimConfig
 from raysearch.store import PretrainStore, StoreEntry, store_key
@@ -109,11 +109,13 @@ def resolve(cfg: PretrainConfig, split: Split) -> PretrainConfig:
     m = cfg.model
     # An explicit feature list is kept (features the data lacks are zero-filled by the loader).
     cfg.model = ModelConfig(**{**m.to_dict(), "features": m.features or info.particle_features,
-                               "num_classes": len(info.label_names), "max_particles": info.max_particles})
+                               "num_classes": len(info.label_names), "max_particles": info.max_particles,
+                               "jet_features": info.jet_features})
     if "fm" in cfg.mix.heads:
         missing = [f for f in cfg.model.fm_features if f not in cfg.model.features]
         if missing:
             fail(f"model.fm_features: {missing} are not among the data's features {list(cfg.model.features)}")
+        jet_condition_index(jet_conditions(cfg.model.fm_conditions), info.jet_features, "model.fm_conditions")
     return cfg
 
 
@@ -143,12 +145,15 @@ def loop_config(cfg: PretrainConfig, split: Split, tensorboard_dir: str | None) 
     particles = FeatureMap(split.info.particle_features, cfg.model.features)(a["particles"][:20_000])
     mean, std = feature_stats(particles, a["n_particles"][:20_000])
     fm_idx = [cfg.model.features.index(f) for f in cfg.model.fm_features if f in cfg.model.features]
+    cond_mean, cond_std = condition_stats(cfg.model.fm_conditions, a["n_particles"][:20_000],
+                                          a["jet"][:20_000], split.info.jet_features)
     counts = np.array([split.manifest.class_counts.get(n, 0) for n in split.info.label_names], dtype=np.float64)
     weights = counts.sum() / np.maximum(counts, 1) / len(counts)
     steps_per_epoch, total = plan_steps(cfg, split.manifest.rows)
     return {"cfg": to_dict(cfg), "info": to_dict(split.info), "tensorboard_dir": tensorboard_dir,
             "stats": {"mean": mean.tolist(), "std": std.tolist(), "fm_mean": mean[fm_idx].tolist(),
-                      "fm_std": std[fm_idx].tolist()},
+                      "fm_std": std[fm_idx].tolist(), "cond_mean": cond_mean.tolist(),
+                      "cond_std": cond_std.tolist()},
             "class_weights": weights.tolist(), "steps_per_epoch": steps_per_epoch, "total_steps": total}
 
 

@@ -159,6 +159,11 @@ class SweepConfig:
     def __post_init__(self):
         if not self.seeds:
             fail("seeds: give at least one seed")
+        # The from-scratch baseline must be the architecture the mixes pre-train.
+        if self.finetune.model != ModelConfig() and self.finetune.model != self.model:
+            fail("finetune.model: set the backbone once, in the sweep's `model` section (the scratch "
+                 "baseline uses it too)")
+        self.finetune.model = self.model
         reserved = {"mix", "dataset", "data_root", "model", "num_workers", "use_gpu", "cpus_per_worker"}
         clash = sorted(set(self.pretrain) & reserved)
         if clash:

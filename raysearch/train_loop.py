@@ -121,7 +121,8 @@ def run_loop(config: dict[str, Any], env) -> dict[str, Any]:
     stats = config["stats"]
     model.backbone.set_normalization(torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
     if "fm" in model.heads:
-        model.heads["fm"].set_normalization(torch.tensor(stats["fm_mean"]), torch.tensor(stats["fm_std"]))
+        model.heads["fm"].set_normalization(torch.tensor(stats["fm_mean"]), torch.tensor(stats["fm_std"]),
+                                            torch.tensor(stats["cond_mean"]), torch.tensor(stats["cond_std"]))
     model.to(device)
     opt = make_optimizer(model.parameters(), cfg.optimizer)
     total_steps = int(config["total_steps"])

@@ -8,12 +8,12 @@ import torch
 from raysearch.batch import JetBatch
 from raysearch.checkpoint import load_backbone, load_model, save_model
 from raysearch.errors import UserError
-from raysearch.model import JetModel, ModelConfig, count_parameters
+from raysearch.model import CONDITIONS, JetModel, ModelConfig, count_parameters
 from raysearch.objectives import Mix, ObjectiveConfig, mix_loss
 from raysearch.objectives.classification import classification_loss
 from raysearch.objectives.flow_matching import fm_loss, sample
 from raysearch.objectives.masked_particles import mpm_loss
-from raysearch.schema import JETCLASS_FEATURES
+from raysearch.schema import JET_FEATURES, JETCLASS_FEATURES
 
 
 def make_batch(b=6, n=16, n_real=None, seed=0, classes=3) -> JetBatch:
@@ -24,11 +24,14 @@ def make_batch(b=6, n=16, n_real=None, seed=0, classes=3) -> JetBatch:
     n_real = n_real if n_real is not None else torch.randint(4, n + 1, (b,), generator=g)
     mask = torch.arange(n).unsqueeze(0) < torch.as_tensor(n_real).unsqueeze(1)
     x = x * mask.unsqueeze(-1)
-    return JetBatch(x, mask, torch.randint(0, classes, (b,), generator=g), torch.randn(b, 7, generator=g))
+    jet = torch.rand(b, len(JET_FEATURES), generator=g) * 500 + 500
+    return JetBatch(x, mask, torch.randint(0, classes, (b,), generator=g), jet)
 
 
 def tiny(**kw) -> ModelConfig:
-    return ModelConfig(size="tiny", features=JETCLASS_FEATURES, num_classes=3, max_particles=32, **kw)
+    """Generation conditioned on everything, so the symmetry tests cover the condition tokens."""
+    return ModelConfig(**{**dict(size="tiny", features=JETCLASS_FEATURES, num_classes=3, max_particles=32,
+                                 jet_features=JET_FEATURES, fm_conditions=CONDITIONS), **kw})
 
 
 def all_outputs(model, batch, t=0.3):
@@ -36,7 +39,8 @@ def all_outputs(model, batch, t=0.3):
     x = model.backbone.standardize(batch.particles, batch.mask)
     enc = model.backbone.encode(model.backbone.embed_particles(x, batch.mask), batch.mask)
     fm_x = batch.particles[..., model.fm_index()]
-    v = model.heads["fm"].velocity(model.backbone, fm_x, torch.full((len(batch),), t), batch.mask, batch.label)
+    jet = batch.jet[:, model.jet_condition_index()]
+    v = model.heads["fm"].velocity(model.backbone, fm_x, torch.full((len(batch),), t), batch.mask, batch.label, jet)
     return model.heads["cls"](enc), enc[:, 1:], v
 
 
@@ -147,12 +151,15 @@ def test_bad_mixes_are_rejected(weights, message):
 def test_sampler_shapes_and_masking():
     model = JetModel(tiny(), ("fm",)).eval()
     n = torch.tensor([3, 10, 1])
-    x, mask = sample(model, torch.tensor([0, 1, 2]), n, max_particles=12, steps=4, solver="euler")
+    jet = torch.full((3, 2), 700.0)
+    x, mask = sample(model, torch.tensor([0, 1, 2]), n, max_particles=12, steps=4, solver="euler", jet=jet)
     assert x.shape == (3, 12, 3) and mask.shape == (3, 12)
     assert mask.sum(1).tolist() == [3, 10, 1]
     assert torch.all(x[~mask] == 0) and torch.isfinite(x).all()
     with pytest.raises(UserError, match="solver"):
-        sample(model, torch.tensor([0]), torch.tensor([2]), 4, solver="rk99")
+        sample(model, torch.tensor([0]), torch.tensor([2]), 4, solver="rk99", jet=jet[:1])
+    with pytest.raises(UserError, match=r"conditioned on \['jet_pt', 'jet_mass'\]"):
+        sample(model, torch.tensor([0]), torch.tensor([2]), 4)
 
 
 def test_flow_matching_learns_a_known_2d_distribution():
@@ -177,6 +184,43 @@ def test_flow_matching_learns_a_known_2d_distribution():
     pts = gen[m]
     torch.testing.assert_close(pts.mean(0), mean, atol=0.06, rtol=0)
     torch.testing.assert_close(pts.std(0), std, atol=0.06, rtol=0)
+
+
+def test_flow_matching_follows_a_continuous_jet_condition():
+    # The particles' mean deta moves with jet pT: jets generated at a requested pT must follow it.
+    torch.manual_seed(0)
+    feats = ("deta", "dphi", "log_pt")
+    cfg = ModelConfig(size="tiny", features=feats, fm_features=("deta", "dphi"), num_classes=1, max_particles=8,
+                      knn=0, depth=2, jet_features=("jet_pt",), fm_conditions=("jet_pt",))
+    model = JetModel(cfg, ("fm",))
+    model.heads["fm"].set_normalization(torch.zeros(2), torch.ones(2), torch.tensor([750.0]), torch.tensor([150.0]))
+    shift = lambda pt: (pt - 750) / 250 * 0.5  # noqa: E731
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    mask = torch.ones(64, 8, dtype=torch.bool)
+    for _ in range(400):
+        pt = 500 + 500 * torch.rand(64, 1)
+        x = torch.zeros(64, 8, 3)
+        x[..., 0] = shift(pt) + 0.2 * torch.randn(64, 8)
+        x[..., 1] = 0.2 * torch.randn(64, 8)
+        loss = fm_loss(model, JetBatch(x, mask, torch.zeros(64, dtype=torch.long), pt))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    for pt in (550.0, 950.0):
+        gen, m = sample(model, torch.zeros(256, dtype=torch.long), torch.full((256,), 8), 8, steps=20,
+                        jet=torch.full((256, 1), pt))
+        pts = gen[m]
+        assert abs(pts[:, 0].mean().item() - shift(pt)) < 0.06, (pt, pts[:, 0].mean().item())
+        assert abs(pts[:, 0].std().item() - 0.2) < 0.06
+
+
+def test_unknown_or_missing_conditions_are_clear_errors():
+    with pytest.raises(UserError, match="model.fm_conditions: expected distinct names"):
+        tiny(fm_conditions=("type", "jet_eta"))
+    model = JetModel(tiny(jet_features=("jet_pt",)), ("fm",))
+    with pytest.raises(UserError, match=r"generation is conditioned on \['jet_mass'\], which the data lacks"):
+        fm_loss(model, make_batch())
 
 
 def test_seeded_training_is_reproducible():

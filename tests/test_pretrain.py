@@ -13,6 +13,7 @@ import pytest
 from procs import cmdline, descendants
 
 from raysearch.config import from_dict
+from raysearch.data import open_split
 from raysearch.errors import UserError
 from raysearch.pretrain import NonFiniteLossError, PretrainConfig, pretrain
 from raysearch.store import PretrainStore, store_key
@@ -106,6 +107,28 @@ def test_nan_loss_stops_with_the_step_and_term(data_root, tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"step 1: loss term 'cls' is nan"):
         pretrain(cfg, tmp_path / "store", tmp_path / "runs")
     assert PretrainStore(tmp_path / "store").entries() == []
+
+
+def test_generation_conditioned_on_jet_pt_and_mass_transfers_to_jetnet(data_root, tmp_path):
+    import torch
+
+    from raysearch.tasks.base import FinetuneConfig
+    from raysearch.tasks.generation import Generation
+
+    cfg = cfg_for(data_root, epochs=1, mix={"cls": 0.0, "mpm": 0.0, "fm": 1.0},
+                  model={"fm_conditions": ["type", "multiplicity", "jet_pt", "jet_mass"]})
+    entry = pretrain(cfg, tmp_path / "store", tmp_path / "runs", verbose=False)
+    head = torch.load(entry.model_dir / "head_fm.pt", weights_only=True)
+    split = open_split(data_root, "jetclass", "train")
+    jets, names = split.load_arrays(), split.info.jet_features
+    # The head keeps the pre-training data's condition units: (multiplicity, jet pT, jet mass) means.
+    expected = [jets["n_particles"].mean(), jets["jet"][:, names.index("jet_pt")].mean(),
+                jets["jet"][:, names.index("jet_mass")].mean()]
+    np.testing.assert_allclose(head["cond_mean"].numpy(), expected, rtol=0.05)
+    ft = FinetuneConfig(epochs=1, batch_size=32, min_steps=5, gen_samples=60, gen_eval_samples=30, ode_steps=2,
+                        bootstrap=2)
+    final = Generation().run(ft, data_root, 100, 0, entry.model_dir, lambda m, s: None)
+    assert final["pretrained_fm_head"] == 1.0 and np.isfinite(final["test_w1m"])
 
 
 def test_bad_config_names_the_field(data_root):

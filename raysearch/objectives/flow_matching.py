@@ -18,12 +18,16 @@ SOLVERS = ("euler", "midpoint")
 
 def fm_loss(model, batch: JetBatch, generator: torch.Generator | None = None) -> torch.Tensor:
     """Flow-matching loss of a batch in the model's input features."""
-    return flow_matching_loss(model, batch.particles[..., model.fm_index()], batch.mask, batch.label, generator)
+    jet = batch.jet[:, model.jet_condition_index()] if model.heads["fm"].jet_conditions else None
+    return flow_matching_loss(model, batch.particles[..., model.fm_index()], batch.mask, batch.label, generator, jet)
 
 
 def flow_matching_loss(model, x_raw: torch.Tensor, mask: torch.Tensor, label: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flow-matching loss of particles already given in the head's features (B, N, F_fm)."""
+                       generator: torch.Generator | None = None, jet: torch.Tensor | None = None) -> torch.Tensor:
+    """Flow-matching loss of particles already given in the head's features (B, N, F_fm).
+
+    `jet` (B, K) holds the head's jet-level conditions (`head.jet_conditions`), if it has any.
+    """
     head = model.heads["fm"]
     m = mask.unsqueeze(-1)
     x = (x_raw - head.feat_mean) / head.feat_std * m
@@ -31,15 +35,16 @@ def flow_matching_loss(model, x_raw: torch.Tensor, mask: torch.Tensor, label: to
     eps = torch.randn(x.shape, generator=generator, device=x.device) * m
     tt = t.view(-1, 1, 1)
     x_t = (1 - tt) * x + tt * eps
-    v = head.velocity(model.backbone, x_t, t, mask, label)
-    mask = m
-    return ((v - (eps - x)) ** 2 * mask).sum() / (mask.sum() * x.shape[-1]).clamp(min=1)
+    v = head.velocity(model.backbone, x_t, t, mask, label, jet)
+    return ((v - (eps - x)) ** 2 * m).sum() / (m.sum() * x.shape[-1]).clamp(min=1)
 
 
 @torch.no_grad()
 def sample(model, label: torch.Tensor, n_particles: torch.Tensor, max_particles: int, steps: int = 32,
-           solver: str = "midpoint", generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generate jets of the given classes and multiplicities.
+           solver: str = "midpoint", generator: torch.Generator | None = None,
+           jet: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generate jets of the given classes and multiplicities (and jet-level conditions `jet`, (B, K)
+    in the order of the head's `jet_conditions`, when it has them).
 
     Returns (particles (B, max_particles, F_fm) in raw feature units, zero at padding; mask (B, N)).
     """
@@ -53,7 +58,8 @@ def sample(model, label: torch.Tensor, n_particles: torch.Tensor, max_particles:
     m = mask.unsqueeze(-1)
     x = torch.randn((len(label), max_particles, len(head.feat_mean)), generator=generator, device=device) * m
     label = label.to(device)
-    v = lambda x_, t_: head.velocity(model.backbone, x_, torch.full((len(label),), t_, device=device), mask, label)
+    jet = jet.to(device) if jet is not None else None
+    v = lambda x_, t_: head.velocity(model.backbone, x_, torch.full((len(label),), t_, device=device), mask, label, jet)
     dt = 1.0 / steps
     for i in range(steps):
         t = 1.0 - i * dt

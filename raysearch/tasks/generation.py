@@ -2,8 +2,9 @@
 
 JetNet particles (etarel, phirel, ptrel) are modelled as (deta, dphi, log ptrel): the flow-matching
 head's own features, so a head pre-trained on JetClass-like jets is reused as it is (its jet-type
-embedding is re-learned: JetNet has other classes). Jets are generated conditioned on type and
-multiplicity taken from held-out real jets, then compared with them by the JetNet metrics.
+embedding is re-learned: JetNet has other classes). Jets are generated conditioned on the head's
+conditions (`model.fm_conditions`: type and multiplicity by default, optionally jet pT and mass) taken
+from held-out real jets, then compared with them by the JetNet metrics.
 The label budget is the number of training jets (class-balanced).
 """
 
@@ -21,7 +22,7 @@ from raysearch.checkpoint import load_head, read_model_config
 from raysearch.data import feature_stats, open_split, subset
 from raysearch.errors import fail
 from raysearch.metrics.generation import generation_metrics
-from raysearch.model import FlowMatchingHead
+from raysearch.model import FlowMatchingHead, condition_stats, jet_condition_index
 from raysearch.objectives.flow_matching import flow_matching_loss, sample
 from raysearch.tasks.base import (FinetuneConfig, Report, assemble, backbone_config, epochs_for,
                                   make_finetune_optimizer, optimizer_step, restore)
@@ -65,7 +66,8 @@ class Generation:
                 fail(f"{checkpoint}: its flow-matching features {list(mc.fm_features)} are not "
                      f"{list(FM_FEATURES)}, which JetNet-style generation needs")
         model_cfg = backbone_config(cfg, checkpoint, features=FM_FEATURES, fm_features=FM_FEATURES,
-                                    num_classes=len(info.label_names), max_particles=info.max_particles)
+                                    num_classes=len(info.label_names), max_particles=info.max_particles,
+                                    jet_features=info.jet_features)
         torch.manual_seed(seed)
         model = assemble(model_cfg, (), checkpoint)
         head = FlowMatchingHead(model_cfg, len(info.label_names))
@@ -75,9 +77,12 @@ class Generation:
         if pretrained_head:
             load_head(model, checkpoint, "fm")
         x_train, m_train = to_fm(train["particles"], train["n_particles"])
-        if not pretrained_head:
+        jet_index = jet_condition_index(head.jet_conditions, info.jet_features, f"{self.dataset} data")
+        jet_train = torch.from_numpy(train["jet"][:, jet_index].astype(np.float32))
+        if not pretrained_head:  # a pre-trained head keeps its own units
             mean, std = feature_stats(x_train.numpy(), train["n_particles"])
-            head.set_normalization(torch.from_numpy(mean), torch.from_numpy(std))
+            cmean, cstd = condition_stats(model_cfg.fm_conditions, train["n_particles"], train["jet"], info.jet_features)
+            head.set_normalization(*(torch.from_numpy(a) for a in (mean, std, cmean, cstd)))
         labels = torch.from_numpy(train["label"].astype(np.int64))
         opt = make_finetune_optimizer(model, cfg)
         epochs, eval_every = epochs_for(cfg, len(labels))
@@ -99,7 +104,8 @@ class Generation:
             total, n = 0.0, 0
             for i in range(0, len(perm), cfg.batch_size):
                 j = torch.from_numpy(perm[i:i + cfg.batch_size])
-                loss = flow_matching_loss(model, x_train[j], m_train[j], labels[j], gen)
+                loss = flow_matching_loss(model, x_train[j], m_train[j], labels[j], gen,
+                                          jet_train[j] if jet_index else None)
                 total += optimizer_step(model, opt, loss) * len(j)
                 n += len(j)
             if not np.isfinite(total):
@@ -108,12 +114,12 @@ class Generation:
             if (epoch + 1) % eval_every and not final:
                 continue
             metrics = {"epoch": float(epoch + 1), "train_loss": total / max(n, 1)}
-            metrics.update(self.evaluate(model, val, cfg, cfg.gen_eval_samples, seed, "val_", n_boot=2))
+            metrics.update(self.evaluate(model, val, jet_index, cfg, cfg.gen_eval_samples, seed, "val_", n_boot=2))
             if metrics["val_w1m"] < best["val_w1m"]:
                 best, best_state = dict(metrics), copy.deepcopy(model.state_dict())
             if final:
                 model.load_state_dict(best_state)
-                metrics.update(self.evaluate(model, tst, cfg, cfg.gen_samples, seed + 1, "test_", cfg.bootstrap))
+                metrics.update(self.evaluate(model, tst, jet_index, cfg, cfg.gen_samples, seed + 1, "test_", cfg.bootstrap))
                 metrics.update(best_epoch=best["epoch"], best_val_w1m=best["val_w1m"],
                                pretrained_fm_head=float(pretrained_head))
             report(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(), "best": best,
@@ -121,19 +127,21 @@ class Generation:
         return metrics
 
     @torch.no_grad()
-    def evaluate(self, model, real: dict, cfg: FinetuneConfig, n_gen: int, seed: int, prefix: str,
-                 n_boot: int) -> dict[str, float]:
-        """Generate jets with the real jets' types and multiplicities; JetNet metrics against them."""
+    def evaluate(self, model, real: dict, jet_index: list[int], cfg: FinetuneConfig, n_gen: int, seed: int,
+                 prefix: str, n_boot: int) -> dict[str, float]:
+        """Generate jets with the real jets' conditions (type, multiplicity, ...); JetNet metrics against them."""
         model.eval()
         rng = np.random.default_rng(seed)
         pick = rng.integers(0, len(real["label"]), n_gen)
         label = torch.from_numpy(real["label"][pick].astype(np.int64))
         n = torch.from_numpy(real["n_particles"][pick].astype(np.int64))
+        jet = torch.from_numpy(real["jet"][pick][:, jet_index].astype(np.float32)) if jet_index else None
         max_p = real["particles"].shape[1]
         xs, ms = [], []
         g = torch.Generator().manual_seed(seed)
         for i in range(0, n_gen, 512):
-            x, m = sample(model, label[i:i + 512], n[i:i + 512], max_p, cfg.ode_steps, cfg.solver, g)
+            x, m = sample(model, label[i:i + 512], n[i:i + 512], max_p, cfg.ode_steps, cfg.solver, g,
+                          None if jet is None else jet[i:i + 512])
             xs.append(x)
             ms.append(m)
         x, m = torch.cat(xs), torch.cat(ms)
