@@ -11,7 +11,9 @@ from sklearn.metrics import roc_auc_score
 from raysearch.checkpoint import save_model
 from raysearch.errors import UserError
 from raysearch.metrics.classification import classification_metrics, rejection_at
-from raysearch.metrics.generation import efps, frechet_distance, generation_metrics, kernel_distance
+from raysearch.metrics.efp import FPD_GRAPHS, W1EFP_GRAPHS, connected_graphs, efps
+from raysearch.metrics.generation import (fpd_infinity, frechet_distance, generation_metrics, kernel_distance,
+                                          kpd_median, normalise_features)
 from raysearch.model import JetModel, ModelConfig
 from raysearch.schema import JETCLASS_FEATURES
 from raysearch.tasks.base import FinetuneConfig
@@ -63,25 +65,60 @@ def _jets(n, rng, m=10, spread=0.2):
     return p, np.ones((n, m), bool)
 
 
-def test_efps_brute_force_and_metric_sensitivity():
+def test_fpd_is_extrapolated_to_infinite_samples_and_kpd_is_a_median():
+    rng = np.random.default_rng(3)
+    real, same, shifted = rng.normal(size=(4000, 4)), rng.normal(size=(4000, 4)), rng.normal(size=(4000, 4)) + 0.5
+    scale = np.abs(real).max(0)
+    analytic = float(np.sum((0.5 / scale) ** 2))  # FD of N(0, 1) and N(0.5, 1) after JetNet's normalisation
+    value, err = fpd_infinity(real, shifted, num_batches=10, seed=0)
+    assert value == pytest.approx(analytic, rel=0.03) and err < 0.05 * value
+    # Equal distributions: consistent with zero, far below a plain small-sample FD (its 1/N bias).
+    null, null_err = fpd_infinity(real, same, num_batches=10, seed=0)
+    x, y = normalise_features(real, same)
+    assert null < 3 * null_err and null < analytic / 100 and null < frechet_distance(x[:300], y[:300]) / 10
+    k_null, _ = kpd_median(real, same, batch_size=1000)
+    k_shift, k_err = kpd_median(real, shifted, batch_size=1000)
+    assert abs(k_null) < k_shift / 20 and k_err < k_shift
+
+
+def test_efp_graphs_are_the_published_sets():
+    # Connected multigraphs with d = 1..4 edges: 1, 2, 5, 12 (arXiv:1712.07124, Table 1); with the
+    # disconnected products and the empty graph, 36 EFPs with d <= 4, JetNet's FPD/KPD features.
+    assert [len(connected_graphs(d)) for d in (1, 2, 3, 4)] == [1, 2, 5, 12]
+    assert len(FPD_GRAPHS) == 36 and len(W1EFP_GRAPHS) == 5
+
+
+def _brute_force_efp(product, z, theta):
+    """Sum over every assignment of particles to vertices, straight from the definition."""
+    value = 1.0
+    for g in product:
+        n = 1 + max((max(e) for e in g), default=0)
+        idx = np.array(np.meshgrid(*[np.arange(len(z))] * n, indexing="ij")).reshape(n, -1)
+        term = np.prod(z[idx], axis=0)
+        for a, b in g:
+            term = term * theta[idx[a], idx[b]]
+        value *= term.sum()
+    return value
+
+
+def test_efps_match_a_brute_force_sum_and_metrics_see_a_wider_jet():
     rng = np.random.default_rng(2)
     p, mask = _jets(3, rng, m=5)
-    z = p[..., 2] / p[..., 2].sum(1, keepdims=True)
-    th = np.hypot(p[:, :, None, 0] - p[:, None, :, 0], p[:, :, None, 1] - p[:, None, :, 1])
-    idx = range(5)
+    mask[2, 4] = False  # one jet with a padded slot
+    p[2, 4] = 0
+    ours = efps(p, mask, FPD_GRAPHS)
     for n in range(3):
-        Z, T = z[n], th[n]
-        cycle = sum(Z[i] * Z[j] * Z[k] * Z[l] * T[i, j] * T[j, k] * T[k, l] * T[l, i]
-                    for i in idx for j in idx for k in idx for l in idx)
-        star = sum(Z[i] * Z[j] * Z[k] * Z[l] * T[i, j] ** 2 * T[i, k] * T[i, l]
-                   for i in idx for j in idx for k in idx for l in idx)
-        e = efps(p[n:n + 1], mask[n:n + 1])[0]
-        assert e[0] == pytest.approx(cycle) and e[4] == pytest.approx(star)
+        q = p[n][mask[n]]
+        z = q[:, 2] / q[:, 2].sum()
+        dphi = (q[:, None, 1] - q[None, :, 1] + np.pi) % (2 * np.pi) - np.pi
+        theta = np.hypot(q[:, None, 0] - q[None, :, 0], dphi)
+        expected = [_brute_force_efp(g, z, theta) for g in FPD_GRAPHS]
+        np.testing.assert_allclose(ours[n], expected, rtol=1e-9)
     real, rm = _jets(800, rng)
     same, sm = _jets(800, rng)
     wide, wm = _jets(800, rng, spread=0.4)
     close, far = generation_metrics(real, rm, same, sm), generation_metrics(real, rm, wide, wm)
-    for k in ("w1m", "w1p", "w1efp", "fpd"):
+    for k in ("w1m", "w1p", "w1efp", "fpd", "kpd"):
         assert far[k] > 3 * close[k], k
 
 
