@@ -187,8 +187,13 @@ def stored_entry(cfg: PretrainConfig, store_dir: str | Path) -> StoreEntry | Non
     return PretrainStore(store_dir).get(store_key(cfg.mix.as_dict(), cfg.key_fields(), split.fingerprint))
 
 
-def pretrain(cfg: PretrainConfig, store_dir: str | Path, runs_dir: str | Path, verbose: bool = True) -> StoreEntry:
-    """Return the store entry for `cfg`, training it on Ray Train first if it is not stored yet."""
+def pretrain(cfg: PretrainConfig, store_dir: str | Path, runs_dir: str | Path, verbose: bool = True,
+             report_to_tune: bool = False) -> StoreEntry:
+    """Return the store entry for `cfg`, training it on Ray Train first if it is not stored yet.
+
+    `report_to_tune` (inside a Tune trial): every epoch's metrics become one of the trial's results,
+    so Tune's progress files and callbacks follow the pre-training as it runs.
+    """
     split = open_split(cfg.data_root, cfg.dataset, "train")
     cfg = resolve(cfg, split)
     store = PretrainStore(store_dir)
@@ -200,11 +205,11 @@ def pretrain(cfg: PretrainConfig, store_dir: str | Path, runs_dir: str | Path, v
         entry = store.get(key)  # another process may have finished it while we waited
         if entry is not None:
             return entry
-        return _train_and_store(cfg, split, store, key, Path(runs_dir), verbose)
+        return _train_and_store(cfg, split, store, key, Path(runs_dir), verbose, report_to_tune)
 
 
 def _train_and_store(cfg: PretrainConfig, split: Split, store: PretrainStore, key: str, runs_dir: Path,
-                     verbose: bool) -> StoreEntry:
+                     verbose: bool, report_to_tune: bool = False) -> StoreEntry:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -218,6 +223,10 @@ def _train_and_store(cfg: PretrainConfig, split: Split, store: PretrainStore, ke
     resources = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:
         resources["GPU"] = 1
+    callbacks = []
+    if report_to_tune:
+        from ray.tune.integration.ray_train import TuneReportCallback
+        callbacks.append(TuneReportCallback())
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
@@ -227,7 +236,7 @@ def _train_and_store(cfg: PretrainConfig, split: Split, store: PretrainStore, ke
             name=run_name, storage_path=str(runs_dir.resolve()),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            logging_config=ray.train.LoggingConfig(log_level="WARNING")),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"), callbacks=callbacks),
         datasets={"train": training_dataset(split)})
     t0 = time.time()
     try:

@@ -152,10 +152,10 @@ def write_map(exp_dir: str | Path, rows: list[dict], tensorboard: bool = True) -
                      f"{s['missing'] or ''} |")
     for (task, budget) in sorted({(c.task, c.budget) for c in cells}):
         metric, mode = PRIMARY[task]
+        header = ["mix", "α_cls", "α_mpm", "α_fm", metric, "seeds", *SECONDARY[task], "pre-train steps",
+                  "forward passes", "wall s"]
         lines += ["", f"## {task}, budget {budget}: {metric} ({'higher' if mode == 'max' else 'lower'} is better)", "",
-                  "| mix | α_cls | α_mpm | α_fm | " + metric + " | seeds | " +
-                  " | ".join(SECONDARY[task]) + " | pre-train steps | forward passes | wall s |",
-                  "|---" * (8 + len(SECONDARY[task])) + "|"]
+                  "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
         for c in [c for c in cells if c.task == task and c.budget == budget]:
             mix = c.mix or {}
             tot = sum(mix.values()) or 1.0

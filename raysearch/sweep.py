@@ -93,7 +93,7 @@ def _pretrain_trial(config: dict[str, Any]) -> None:
     from raysearch.pretrain import PretrainConfig, pretrain
 
     cfg = from_dict(PretrainConfig, config["pretrain"])
-    entry = pretrain(cfg, config["store"], config["runs"], verbose=False)
+    entry = pretrain(cfg, config["store"], config["runs"], verbose=False, report_to_tune=True)
     m = {k: float(v) for k, v in entry.record["metrics"].items() if isinstance(v, (int, float))}
     ray.tune.report({**m, "stored": 1.0, "train_wall_s": float(entry.record["compute"]["train_wall_s"])})
 

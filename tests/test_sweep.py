@@ -89,17 +89,25 @@ def test_small_study_end_to_end_and_rerun_recomputes_nothing(data_root, tmp_path
     from raysearch.report import write_map
     from raysearch.sweep import Sweep
 
-    cfg = small_study(data_root, tmp_path)
+    two_epochs = {"pretrain": {"epochs": 2, "batch_size": 50, "probe_jets": 50}}
+    cfg = small_study(data_root, tmp_path, **two_epochs)
     sweep = Sweep(cfg)
     sweep.check_experiment(False)
     sweep.prepare_data()
     pre = sweep.stage_pretrain()
     assert all(e is not None for _, e in pre)
+    # Tune followed each pre-training epoch by epoch (Train -> Tune reports), then its summary.
+    results = list((sweep.exp / "pretrain").rglob("result.json"))
+    assert len(results) == 2 and all(len(f.read_text().splitlines()) == 2 + 1 for f in results)
     rows = sweep.stage_finetune(pre)
     assert len(rows) == 3 * 2 and all(r["status"] == "completed" for r in rows), rows
     md = write_map(sweep.exp, rows)
     exp = sweep.exp
     assert "| top_tagging | 60 | test_auc (max) |" in md and "scratch" in md
+    lines = md.splitlines()
+    for header, rule in zip(lines, lines[1:]):
+        if rule.startswith("|---"):
+            assert rule.count("|") == header.count("|"), (header, rule)  # else Markdown shows no table
     assert (exp / "transfer_map.csv").is_file() and list((exp / "plots").glob("ternary_*.png"))
     assert list((exp / "tensorboard" / "hparams").rglob("events.out.tfevents*"))
     state = json.loads((exp / "state.json").read_text())
@@ -111,7 +119,7 @@ def test_small_study_end_to_end_and_rerun_recomputes_nothing(data_root, tmp_path
     # Running the same study again trains and fine-tunes nothing.
     before = {p: p.read_text() for p in (exp / "finetune").rglob("result.json")}
     stored = {e.key: e.record["stored_at"] for _, e in pre}
-    again = Sweep(small_study(data_root, tmp_path))
+    again = Sweep(small_study(data_root, tmp_path, **two_epochs))
     again.check_experiment(False)
     pre2 = again.stage_pretrain()
     assert {e.key: e.record["stored_at"] for _, e in pre2} == stored
