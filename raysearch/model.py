@@ -113,7 +113,8 @@ class ModelConfig:
         self.jet_features, self.fm_conditions = tuple(self.jet_features), tuple(self.fm_conditions)
         bad = [c for c in self.fm_conditions if c not in CONDITIONS]
         if bad or len(set(self.fm_conditions)) != len(self.fm_conditions):
-            fail(f"model.fm_conditions: expected distinct names among {list(CONDITIONS)}, got {list(self.fm_conditions)}")
+            fail(f"model.fm_conditions: expected distinct names among {list(CONDITIONS)}, "
+                 f"got {list(self.fm_conditions)}")
         if self.width % self.heads:
             fail(f"model.width ({self.width}) must be a multiple of model.heads ({self.heads})")
 
@@ -305,8 +306,9 @@ class FlowMatchingHead(nn.Module):
         """Conditions read from jet-level features (callers pass them in this order)."""
         # Replaced by the data's statistics before training; multiplicity starts on a sensible scale.
         half = cfg.max_particles / 2
-        self.register_buffer("cond_mean", torch.tensor([half if c == "multiplicity" else 0.0 for c in self.continuous]))
-        self.register_buffer("cond_std", torch.tensor([half / 2 if c == "multiplicity" else 1.0 for c in self.continuous]))
+        mult = [c == "multiplicity" for c in self.continuous]
+        self.register_buffer("cond_mean", torch.tensor([half if m else 0.0 for m in mult]))
+        self.register_buffer("cond_std", torch.tensor([half / 2 if m else 1.0 for m in mult]))
         self.embed = Mlp(nf, cfg.width, cfg.width)
         self.time = Mlp(cfg.width, cfg.width, cfg.width)
         self.cond_type = nn.Embedding(max(num_classes, 1), cfg.width) if "type" in cfg.fm_conditions else None

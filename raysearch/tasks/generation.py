@@ -81,7 +81,8 @@ class Generation:
         jet_train = torch.from_numpy(train["jet"][:, jet_index].astype(np.float32))
         if not pretrained_head:  # a pre-trained head keeps its own units
             mean, std = feature_stats(x_train.numpy(), train["n_particles"])
-            cmean, cstd = condition_stats(model_cfg.fm_conditions, train["n_particles"], train["jet"], info.jet_features)
+            cmean, cstd = condition_stats(model_cfg.fm_conditions, train["n_particles"], train["jet"],
+                                          info.jet_features)
             head.set_normalization(*(torch.from_numpy(a) for a in (mean, std, cmean, cstd)))
         labels = torch.from_numpy(train["label"].astype(np.int64))
         opt = make_finetune_optimizer(model, cfg)
@@ -119,7 +120,8 @@ class Generation:
                 best, best_state = dict(metrics), copy.deepcopy(model.state_dict())
             if final:
                 model.load_state_dict(best_state)
-                metrics.update(self.evaluate(model, tst, jet_index, cfg, cfg.gen_samples, seed + 1, "test_", cfg.bootstrap))
+                metrics.update(self.evaluate(model, tst, jet_index, cfg, cfg.gen_samples, seed + 1, "test_",
+                                             cfg.bootstrap))
                 metrics.update(best_epoch=best["epoch"], best_val_w1m=best["val_w1m"],
                                pretrained_fm_head=float(pretrained_head))
             report(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(), "best": best,
