@@ -20,6 +20,15 @@ _QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",
 }
 
+# Also for every Ray worker process (inherited locally, passed as the job's runtime_env on a cluster):
+# Ray Data's actors otherwise print "Progress bars disabled" and "Dataset ... execution finished" for
+# each pre-training, and Ray's own internals raise deprecation warnings. Set either variable
+# yourself to see them again (e.g. RAY_DATA_LOG_LEVEL=INFO).
+_QUIET_WORKER_ENV = {
+    "RAY_DATA_LOG_LEVEL": "ERROR",
+    "PYTHONWARNINGS": "ignore::DeprecationWarning",
+}
+
 # Per-checkpoint and snapshot chatter that would drown the progress line.
 NOISY_LOGGERS = ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage",
                  "ray.tune.execution.experiment_state", "ray.tune.tune", "ray.tune.impl.tuner_internal")
@@ -31,8 +40,13 @@ def silence_noisy_loggers() -> None:
 
 
 def quiet_env() -> None:
-    for k, v in _QUIET_ENV.items():
+    for k, v in {**_QUIET_ENV, **_QUIET_WORKER_ENV}.items():
         os.environ.setdefault(k, v)
+
+
+def worker_env() -> dict[str, str]:
+    """The quiet settings as this process has them (a user's own values win)."""
+    return {k: os.environ[k] for k in _QUIET_WORKER_ENV if k in os.environ}
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> None:
@@ -56,7 +70,9 @@ def _init(address: str | None, num_cpus: int | None, **kwargs) -> None:
     import ray
 
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, **kwargs)
+        env = kwargs.pop("runtime_env", None) or {}
+        env = {**env, "env_vars": {**worker_env(), **env.get("env_vars", {})}}
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, runtime_env=env, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, logging_level=logging.WARNING, log_to_driver=True,
                  include_dashboard=kwargs.pop("include_dashboard", None), **kwargs)

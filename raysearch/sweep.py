@@ -374,8 +374,9 @@ class Sweep:
                 param_space={"trial": ray.tune.grid_search(specs), "finetune": to_dict(self.cfg.finetune),
                              "data_root": str(Path(self.cfg.data.root).resolve()), "threads": int(r.finetune_cpus) or 1,
                              "tensorboard_dir": str(self.exp / "tensorboard" / "finetune")},
+                # Reused worker processes skip a Python + torch start per trial (dozens of short trials).
                 tune_config=ray.tune.TuneConfig(scheduler=scheduler, trial_name_creator=_trial_name,
-                                                trial_dirname_creator=_trial_name),
+                                                trial_dirname_creator=_trial_name, reuse_actors=True),
                 run_config=ray.tune.RunConfig(
                     name="finetune", storage_path=str(self.exp), verbose=0,
                     failure_config=ray.tune.FailureConfig(max_failures=0),
