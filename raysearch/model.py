@@ -94,6 +94,10 @@ class ModelConfig:
     (etarel, phirel, log ptrel) so that a pre-trained generator transfers to JetNet-style generation."""
     max_particles: int = 128
     """Slots per jet of the pre-training data."""
+    fm_matched_source: bool = True
+    """Flow matching's Gaussian source matched to the data: each generated feature standardised with
+    the training data's mean and width (so eps ~ N(mean, width) in raw units). False: N(0, 1) in raw
+    feature units."""
     jet_features: tuple[str, ...] = ()
     """Jet-level feature names of the pre-training data (set from it); jet pT/mass conditions are read
     from these columns."""
@@ -316,12 +320,14 @@ class FlowMatchingHead(nn.Module):
         self.out = Mlp(cfg.width, cfg.width, nf)
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
-        self.width = cfg.width
+        self.width, self.matched_source = cfg.width, cfg.fm_matched_source
 
     def set_normalization(self, mean: torch.Tensor, std: torch.Tensor,
                           cond_mean: torch.Tensor | None = None, cond_std: torch.Tensor | None = None) -> None:
-        self.feat_mean.copy_(mean)
-        self.feat_std.copy_(std.clamp(min=1e-3))
+        """Data statistics: feature ones define the source (ignored without `fm_matched_source`)."""
+        if self.matched_source:
+            self.feat_mean.copy_(mean)
+            self.feat_std.copy_(std.clamp(min=1e-3))
         if cond_mean is not None:
             self.cond_mean.copy_(cond_mean)
             self.cond_std.copy_(cond_std.clamp(min=1e-3))

@@ -162,6 +162,19 @@ def test_sampler_shapes_and_masking():
         sample(model, torch.tensor([0]), torch.tensor([2]), 4)
 
 
+@pytest.mark.parametrize("matched", [True, False])
+def test_source_is_matched_to_the_data_or_standard_normal(matched):
+    # The velocity head starts at exactly zero, so an untrained sampler returns its source.
+    model = JetModel(tiny(fm_matched_source=matched, fm_conditions=("type",)), ("fm",)).eval()
+    mean, std = torch.tensor([1.0, -2.0, 3.0]), torch.tensor([0.1, 0.5, 2.0])
+    model.heads["fm"].set_normalization(mean, std)
+    x, m = sample(model, torch.zeros(4000, dtype=torch.long), torch.full((4000,), 4), 4, steps=2,
+                  generator=torch.Generator().manual_seed(0))
+    want_mean, want_std = (mean, std) if matched else (torch.zeros(3), torch.ones(3))
+    torch.testing.assert_close(x[m].mean(0), want_mean, atol=0.05, rtol=0)
+    torch.testing.assert_close(x[m].std(0), want_std, atol=0.05, rtol=0.02)
+
+
 def test_flow_matching_learns_a_known_2d_distribution():
     torch.manual_seed(0)
     feats = ("deta", "dphi", "log_pt")
