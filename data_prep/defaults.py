@@ -17,7 +17,7 @@ DEFAULT_SEED = 1
 
 
 def ensure_default_data(root: str | Path, datasets, per_class: dict | None = None, seed: int = DEFAULT_SEED,
-                        progress: bool = True) -> None:
+                        progress: bool = True, smear: bool = False) -> None:
     """Simulate any of `datasets` that is a simulated sample and not yet (identically) on disk.
 
     Datasets that are not simulated samples (converted real data) must already exist.
@@ -27,7 +27,7 @@ def ensure_default_data(root: str | Path, datasets, per_class: dict | None = Non
     per_class = per_class or DEFAULT_PER_CLASS
     for name in datasets:
         if name in per_class:
-            simulate(root, name, per_class[name], seed=seed, progress=progress)
+            simulate(root, name, per_class[name], seed=seed, progress=progress, smear=smear)
         elif not (Path(root) / name).is_dir():
             fail(f"data: dataset {name!r} is not in {root} and is not a simulated sample "
                  f"({sorted(per_class)}); convert it with `python -m data_prep.convert`")

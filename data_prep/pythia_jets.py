@@ -14,6 +14,7 @@ import numpy as np
 
 from data_prep.features import (jet_four_vector, jetclass_jet_features, jetclass_particle_features,
                                 jetnet_particle_features, wrap_phi)
+from data_prep.detector import DetectorResponse
 from data_prep.samples import Process, Sample
 
 JET_R = 0.8
@@ -117,8 +118,11 @@ def softdrop_mass(constituents, fastjet) -> float:
 
 def generate_jets(sample: Sample, class_index: int, n_jets: int, seed: int,
                   progress: Callable[[int], None] | None = None,
-                  max_events: int | None = None) -> dict[str, np.ndarray]:
+                  max_events: int | None = None, detector: DetectorResponse | None = None) -> dict[str, np.ndarray]:
     """Simulate `n_jets` jets of class `class_index` of `sample`.
+
+    With a `detector`, the visible particles pass its response (smearing, thresholds) before
+    clustering; truth matching still uses the generator's partons.
 
     Returns `particles` (n, max_particles, F) float32, `n_particles` (n,), `label` (n,),
     `jet` (n, J) float32 and `events` (how many events it took). Stops early, returning fewer jets,
@@ -133,18 +137,21 @@ def generate_jets(sample: Sample, class_index: int, n_jets: int, seed: int,
     parts_out, n_out, jet_out = [], [], []
     events = 0
     max_events = max_events or 200 * n_jets + 1000
+    rng = np.random.default_rng(seed)
     first = True
     while len(parts_out) < n_jets and events < max_events:
         if not pythia.next():
             continue
         events += 1
         event = pythia.event
-        idx, vecs = [], []
-        for i in range(event.size()):
-            p = event[i]
-            if p.isFinal() and p.isVisible():
-                idx.append(i)
-                vecs.append(fastjet.PseudoJet(p.px(), p.py(), p.pz(), p.e()))
+        final = [event[i] for i in range(event.size()) if event[i].isFinal() and event[i].isVisible()]
+        px, py, pz, e = (np.array([getattr(p, c)() for p in final]) for c in ("px", "py", "pz", "e"))
+        charge = np.array([p.charge() for p in final])
+        pid = np.array([p.id() for p in final])
+        if detector is not None:
+            px, py, pz, e, kept = detector.apply(px, py, pz, e, charge, pid, rng)
+            charge, pid = charge[kept], pid[kept]
+        vecs = [fastjet.PseudoJet(*v) for v in zip(px.tolist(), py.tolist(), pz.tolist(), e.tolist())]
         for k, v in enumerate(vecs):
             v.set_user_index(k)
         if first:
@@ -165,19 +172,14 @@ def generate_jets(sample: Sample, class_index: int, n_jets: int, seed: int,
             if not matched:
                 continue
             consts = j.constituents()
-            rows = [idx[c.user_index()] for c in consts]
-            px = np.array([event[r].px() for r in rows])
-            py = np.array([event[r].py() for r in rows])
-            pz = np.array([event[r].pz() for r in rows])
-            e = np.array([event[r].e() for r in rows])
-            pt, eta, phi, energy, mass = jet_four_vector(px, py, pz, e)
+            rows = np.array([c.user_index() for c in consts])
+            cpx, cpy, cpz, ce = px[rows], py[rows], pz[rows], e[rows]
+            pt, eta, phi, energy, mass = jet_four_vector(cpx, cpy, cpz, ce)
             if sample.name == "jetnet":
-                feats, n = jetnet_particle_features(px, py, pz, e, pt, eta, phi, sample.max_particles)
+                feats, n = jetnet_particle_features(cpx, cpy, cpz, ce, pt, eta, phi, sample.max_particles)
                 jet_row = np.array([pt, eta, mass, n], dtype=np.float32)
             else:
-                charge = np.array([event[r].charge() for r in rows])
-                pid = np.array([event[r].id() for r in rows])
-                feats, n = jetclass_particle_features(px, py, pz, e, charge, pid, pt, eta, phi,
+                feats, n = jetclass_particle_features(cpx, cpy, cpz, ce, charge[rows], pid[rows], pt, eta, phi,
                                                       energy, sample.max_particles)
                 jet_row = jetclass_jet_features(pt, eta, phi, energy, mass,
                                                 softdrop_mass(consts, fastjet), len(rows))

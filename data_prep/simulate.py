@@ -1,6 +1,6 @@
 """Simulate JetClass-like, top-tagging and JetNet-style jets with Pythia 8 + FastJet on Ray.
 
-    python -m data_prep.simulate --sample jetclass --out data --per-class train=300,val=50,test=50
+    python -m data_prep.simulate --sample jetclass --out data --per-class train=300,val=50,test=50 [--smear]
 
 Work is split into chunks of jets of one class; each chunk is a Ray task with its own Pythia
 instance and a seed derived from (seed, split, class, chunk), so identical settings give identical
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.detector import DetectorResponse
 from data_prep.samples import SAMPLES, Sample
 from raysearch.errors import UserError, cli_main, fail
 from raysearch.schema import DatasetInfo, Manifest
@@ -38,15 +39,18 @@ def chunk_seed(seed: int, split: str, class_index: int, chunk: int) -> int:
     return int(ss.generate_state(1)[0] % 900_000_000)
 
 
-def _run_chunk(sample_name: str, split: str, class_index: int, chunk: int, n: int, seed: int) -> ChunkResult:
+def _run_chunk(sample_name: str, split: str, class_index: int, chunk: int, n: int, seed: int,
+               detector: DetectorResponse | None = None) -> ChunkResult:
     from data_prep.pythia_jets import generate_jets
 
     t0 = time.perf_counter()
-    arrays = generate_jets(SAMPLES[sample_name], class_index, n, chunk_seed(seed, split, class_index, chunk))
+    arrays = generate_jets(SAMPLES[sample_name], class_index, n, chunk_seed(seed, split, class_index, chunk),
+                           detector=detector)
     return ChunkResult(split, class_index, chunk, arrays, time.perf_counter() - t0)
 
 
-def dataset_info(sample: Sample, per_class: dict[str, int], seed: int) -> DatasetInfo:
+def dataset_info(sample: Sample, per_class: dict[str, int], seed: int,
+                 detector: DetectorResponse | None = None) -> DatasetInfo:
     return DatasetInfo(
         name=sample.name, particle_features=sample.particle_features,
         max_particles=sample.max_particles, label_names=sample.label_names,
@@ -55,6 +59,8 @@ def dataset_info(sample: Sample, per_class: dict[str, int], seed: int) -> Datase
                     "ecm_gev": sample.ecm, "jet_pt_gev": list(sample.pt_range),
                     "max_abs_eta": sample.max_abs_eta, "jet_algorithm": "anti-kt R=0.8",
                     "mpi": sample.mpi, "seed": seed, "per_class": dict(per_class),
+                    # Only when smeared, so particle-level samples cached before keep matching.
+                    **({"detector": detector.as_dict()} if detector is not None else {}),
                     "processes": {p.label: list(p.settings) for p in sample.processes}})
 
 
@@ -75,9 +81,11 @@ def existing_matches(root: Path, info: DatasetInfo) -> bool:
 
 
 def simulate(root: str | Path, sample_name: str, per_class: dict[str, int], seed: int = 1,
-             chunk_size: int = 100, progress: bool = True, force: bool = False) -> dict[str, Manifest]:
+             chunk_size: int = 100, progress: bool = True, force: bool = False,
+             smear: bool = False) -> dict[str, Manifest]:
     """Simulate `per_class[split]` jets of every class of the sample for each split; write shards.
 
+    `smear` passes the particles through `data_prep.detector.DetectorResponse` before clustering.
     Returns the manifests. A sample already on disk with identical settings is reused (cached).
     """
     if sample_name not in SAMPLES:
@@ -89,7 +97,8 @@ def simulate(root: str | Path, sample_name: str, per_class: dict[str, int], seed
             fail(f"per_class.{split}: expected a whole number >= 0, got {n!r}")
     sample = SAMPLES[sample_name]
     root = Path(root)
-    info = dataset_info(sample, per_class, seed)
+    detector = DetectorResponse() if smear else None
+    info = dataset_info(sample, per_class, seed, detector)
     if not force and existing_matches(root, info):
         return {s: Manifest.read(root / sample.name / s) for s, n in per_class.items() if n}
 
@@ -103,7 +112,8 @@ def simulate(root: str | Path, sample_name: str, per_class: dict[str, int], seed
     for split, n in per_class.items():
         for ci in range(len(sample.processes)):
             for chunk, start in enumerate(range(0, n, chunk_size)):
-                refs.append(remote.remote(sample.name, split, ci, chunk, min(chunk_size, n - start), seed))
+                refs.append(remote.remote(sample.name, split, ci, chunk, min(chunk_size, n - start), seed,
+                                          detector))
     total = sum(per_class.values()) * len(sample.processes)
     results: list[ChunkResult] = []
     bar = None
@@ -168,12 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk-size", type=int, default=100, help="jets per Ray task")
     ap.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
     ap.add_argument("--force", action="store_true", help="simulate again even if cached")
+    ap.add_argument("--smear", action="store_true",
+                    help="pass particles through a simple detector response (data_prep/detector.py)")
     args = ap.parse_args(argv)
     from raysearch.ray_env import ensure_ray
     ensure_ray(args.address)
     t0 = time.time()
     manifests = simulate(args.out, args.sample, parse_per_class(args.per_class), args.seed,
-                         args.chunk_size, force=args.force)
+                         args.chunk_size, force=args.force, smear=args.smear)
     for split, m in manifests.items():
         print(f"{Path(args.out) / m.dataset / split}: {m.rows} jets, {len(m.files)} shard(s), "
               f"fingerprint {m.fingerprint[:12]}")

@@ -257,7 +257,7 @@ class Sweep:
 
         datasets = [self.cfg.data.pretrain_dataset] + [get_task(t.name).dataset for t in self.cfg.tasks]
         if self.cfg.data.simulate_if_missing:
-            ensure_default_data(self.cfg.data.root, datasets, self.cfg.data.per_class)
+            ensure_default_data(self.cfg.data.root, datasets, self.cfg.data.per_class, smear=self.cfg.data.smear)
         fps = {}
         for d in dict.fromkeys(datasets):
             for split in ("train", "val", "test"):

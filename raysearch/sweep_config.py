@@ -29,6 +29,8 @@ class DataSection:
     """Simulate the default samples (jetclass, top_tagging, jetnet) when they are not on disk."""
     per_class: dict[str, dict[str, int]] | None = None
     """Jets per class and split to simulate, per sample (default: data_prep.defaults)."""
+    smear: bool = False
+    """Simulate with a simple detector response (data_prep/detector.py) instead of particle level."""
 
 
 @dataclass
