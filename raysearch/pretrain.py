@@ -172,6 +172,21 @@ def training_dataset(split: Split):
     return ds.materialize() if size <= MATERIALIZE_LIMIT_BYTES else ds
 
 
+def _ordered_ingest():
+    """Ray Data hands blocks to the workers in a fixed order, so a seed reproduces a pre-training
+    (otherwise block arrival order varies from run to run and so do the batches)."""
+    import copy
+
+    import ray.data
+    import ray.train
+
+    # Train's defaults are the DataContext's options; copied rather than rebuilt, as rebuilding
+    # them passes a deprecated argument (a warning for the user).
+    options = copy.deepcopy(ray.data.DataContext.get_current().execution_options)
+    options.preserve_order = True
+    return ray.train.DataConfig(execution_options={"train": options})
+
+
 def _root_cause(err: BaseException) -> str:
     seen = err
     while seen.__cause__ is not None:
@@ -237,7 +252,7 @@ def _train_and_store(cfg: PretrainConfig, split: Split, store: PretrainStore, ke
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"), callbacks=callbacks),
-        datasets={"train": training_dataset(split)})
+        datasets={"train": training_dataset(split)}, dataset_config=_ordered_ingest())
     t0 = time.time()
     try:
         result = trainer.fit()

@@ -56,6 +56,11 @@ def test_store_returns_a_finished_pretraining_without_training(data_root, tmp_pa
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == runs_before
     assert len(PretrainStore(tmp_path / "store").entries()) == 1
     assert not list((tmp_path / "store").glob(".tmp-*"))
+    # Trained again from nothing (another store), the same config gives the same run, step for step.
+    twin = pretrain(cfg_for(data_root, epochs=1), tmp_path / "store2", tmp_path / "runs2", verbose=False)
+    timing = ("jets_per_s", "wall_s")
+    drop = lambda h: [{k: v for k, v in e.items() if k not in timing} for e in h]  # noqa: E731
+    assert twin.key == first.key and drop(twin.record["history"]) == drop(first.record["history"])
 
 
 def test_store_key_changes_with_mix_config_and_data():
