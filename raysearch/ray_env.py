@@ -62,7 +62,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, **kwargs
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(os.environ.get("RAY_DATA_LOG_LEVEL", "WARNING").upper())
     silence_noisy_loggers()
 
 
