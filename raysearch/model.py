@@ -304,7 +304,6 @@ class FlowMatchingHead(nn.Module):
         nf = len(cfg.fm_features)
         self.register_buffer("feat_mean", torch.zeros(nf))
         self.register_buffer("feat_std", torch.ones(nf))
-        self.conditions = cfg.fm_conditions
         self.continuous = continuous_conditions(cfg.fm_conditions)
         self.jet_conditions = jet_conditions(cfg.fm_conditions)
         """Conditions read from jet-level features (callers pass them in this order)."""
